@@ -76,6 +76,11 @@ pub fn run(config: &Config) -> Result<(), CheckError> {
     for p in &plan {
         listener::warn_if_reachable(&p.addr);
     }
+    if plan.iter().all(|p| !p.inherited) {
+        if let Some(w) = config.default_listener_warning() {
+            tracing::warn!("{w}");
+        }
+    }
     // regression: --check did not print the non-loopback --stats warning a start logs.
     if let Some(stats) = &config.opts.stats {
         crate::stats::server::warn_if_public(stats);

@@ -236,10 +236,13 @@ fn run(config: Config, layers: postern::config::reload::Layers) -> anyhow::Resul
     let mut inherited = listener::systemd_listeners();
     let passed: Vec<_> = inherited.iter().map(|b| b.addr.clone()).collect();
     if config.default_listener && passed.is_empty() {
-        tracing::info!(
-            "no listener configured; using --uwsgi {}",
-            postern::config::DEFAULT_LISTENER
-        );
+        match config.default_listener_warning() {
+            Some(w) => tracing::warn!("{w}"),
+            None => tracing::info!(
+                "no listener configured; using --uwsgi {}",
+                postern::config::DEFAULT_LISTENER
+            ),
+        }
     }
     let mut bound = Vec::new();
     for plan in boot::listeners(&config, &passed) {

@@ -668,6 +668,18 @@ fn unknown_hint(key: &str, outcome: &Outcome) -> String {
             Outcome::Unknown
         )
     };
+    // `socket: /run/app.sock` or `socket /run/app.sock`: an option with its value, but
+    // no `=` (uWSGI takes no other separator).
+    // regression (probe 401): such a socket line was only "unknown", and postern
+    // listened on its default address instead.
+    if let Some(cut) = key.find([':', ' ', '\t']) {
+        let (option, value) = (&key[..cut], key[cut + 1..].trim());
+        if !option.is_empty() && !value.is_empty() && maps(option) {
+            return format!(
+                " (did you mean `{option} = {value}`? an option takes its value after `=`)"
+            );
+        }
+    }
     // A short key is as close to many options as to one: uWSGI's own `cgi`, `psgi` and
     // `sni` are no misspellings of `gid`, `wsgi` and `env` (regression (review)).
     let most = match key.chars().count() {

@@ -584,6 +584,8 @@ pub struct Layered {
     pub ini_warnings: Option<String>,
     /// What runs differently though the `--ini` file carried over (logged, not warned).
     pub ini_info: Option<String>,
+    /// The configuration files given (`--ini FILE`, `--config FILE`), for messages.
+    pub files: Vec<String>,
 }
 
 /// Every option's default as [`Layered::merge`] types it, written back as TOML: the
@@ -992,6 +994,12 @@ impl Layered {
         }
 
         let options = typed_options(&values, &sources)?;
+        let mut files: Vec<String> = cli.ini.iter().map(|i| format!("--ini {i}")).collect();
+        files.extend(
+            cli.config
+                .iter()
+                .map(|c| format!("--config {}", c.display())),
+        );
         Ok(Layered {
             options,
             sources,
@@ -1000,6 +1008,7 @@ impl Layered {
             defaults: clap_defaults(),
             ini_warnings,
             ini_info,
+            files,
         })
     }
 
@@ -1195,6 +1204,7 @@ pub fn refused_values(table: &toml::Table) -> Vec<(String, String)> {
                 defaults: Default::default(),
                 ini_warnings: None,
                 ini_info: None,
+                files: Vec::new(),
             };
             Config::resolve(&layered, None)
         });
@@ -1606,6 +1616,9 @@ pub struct Config {
     pub listeners: Vec<(Protocol, ListenAddr)>,
     /// No listener was configured: the default is in use (said in the start-up log).
     pub default_listener: bool,
+    /// With [`Config::default_listener`], the configuration files given (which then set
+    /// no listener: a start warns, see [`Config::default_listener_warning`]).
+    pub no_listener_in: Option<String>,
     /// `--mount` prefixes, without a trailing `/`.
     pub mounts: Vec<Vec<u8>>,
     /// `--venv`, else `$VIRTUAL_ENV`.
@@ -1637,6 +1650,18 @@ pub struct Config {
 const ASGI_OPTIONS: [&str; 4] = ["loop", "max-concurrency", "lifespan", "lifespan-timeout"];
 
 impl Config {
+    /// What a start (and `--check`) warns when configuration files set no listener and
+    /// systemd passed none: uWSGI refuses to start so; postern listens on its default,
+    /// which a front server set up for the file's socket does not reach.
+    /// regression (probe 401): an ini whose socket line was mistyped (`socket: PATH`)
+    /// started on 127.0.0.1:3031 with one INFO line, and nginx answered 502.
+    pub fn default_listener_warning(&self) -> Option<String> {
+        let files = self.no_listener_in.as_ref()?;
+        Some(format!(
+            "{files} set no listener (uwsgi, fastcgi or scgi; in a uWSGI ini, socket =): postern listens on its default, --uwsgi {DEFAULT_LISTENER}, which a front server set up for another socket does not reach (502); set the socket the front server uses"
+        ))
+    }
+
     /// Checks what the types alone cannot and derives what the server runs.
     /// `virtual_env` is `$VIRTUAL_ENV`, the last fallback for `--venv`.
     pub fn resolve(layered: &Layered, virtual_env: Option<PathBuf>) -> Result<Config, ConfigError> {
@@ -1891,6 +1916,8 @@ impl Config {
             app,
             listeners,
             default_listener,
+            no_listener_in: (default_listener && !layered.files.is_empty())
+                .then(|| layered.files.join(" and ")),
             mounts,
             venv,
             venv_from_env,
@@ -2467,6 +2494,29 @@ mod tests {
         let text = layered(&["app"]).unwrap().to_toml(None);
         assert!(!text.lines().any(|l| l.starts_with("timeout = ")), "{text}");
         assert!(unset(&text).iter().any(|k| k == "timeout"), "{text}");
+    }
+
+    // regression (probe 401): a configuration file that sets no listener (an ini's
+    // mistyped `socket: PATH`) started on the default address with one INFO line.
+    #[test]
+    fn files_that_set_no_listener_are_warned_about() {
+        let (_d, f) = file("app = \"a:b\"\n");
+        let c = Config::resolve(&layered(&["--config", &f]).unwrap(), None).unwrap();
+        let w = c.default_listener_warning().unwrap();
+        assert!(
+            w.starts_with(&format!("--config {f} set no listener")),
+            "{w}"
+        );
+        assert!(w.contains("--uwsgi 127.0.0.1:3031"), "{w}");
+        let l = layered(&["--config", &f, "--uwsgi", "unix:/tmp/x.sock"]).unwrap();
+        assert_eq!(
+            Config::resolve(&l, None)
+                .unwrap()
+                .default_listener_warning(),
+            None
+        );
+        let c = Config::resolve(&layered(&["a:b"]).unwrap(), None).unwrap();
+        assert!(c.default_listener && c.default_listener_warning().is_none());
     }
 
     // regression (probe 401): `--max-body 0` refused every body (413) and `off` was "not

@@ -1800,3 +1800,17 @@ fn a_later_zero_or_false_takes_back_an_earlier_value() {
     };
     assert!(why.contains("line 3 sets it again"), "{why}");
 }
+
+// regression (probe 401): `socket: PATH` (no `=`) was only "unknown", with no hint, and
+// postern listened on its default address instead.
+#[test]
+fn an_option_written_without_its_equals_sign_is_pointed_out() {
+    let t = tr("module = wsgi\nsocket: /run/app.sock\nprocesses 4");
+    let w = t.warnings().unwrap();
+    assert!(
+        w.contains("did you mean `socket = /run/app.sock`? an option takes its value after `=`"),
+        "{w}"
+    );
+    assert!(w.contains("did you mean `processes = 4`?"), "{w}");
+    assert_eq!(get(&t, "uwsgi"), None);
+}
