@@ -712,6 +712,16 @@ fn include_target(key: &str, value: &str) -> Option<(PathBuf, String)> {
     Some((path, section.unwrap_or_else(|| "uwsgi".to_owned())))
 }
 
+/// The section an `ini = :section` (`include`, `inherit`) line names in its own file,
+/// when it is a literal name.
+fn own_section<'v>(key: &str, value: &'v str) -> Option<&'v str> {
+    if !matches!(key, "ini" | "include" | "inherit") {
+        return None;
+    }
+    let name = value.strip_prefix(':')?;
+    (!name.is_empty() && !name.contains(['$', '%', '@', '[', ']'])).then_some(name)
+}
+
 /// Collects `section`'s lines of `text` into `out`, an `ini =` line's file in its place
 /// (as uWSGI reads it: its options where the line is, so later lines override them).
 /// `file`: how the including line named this file (`None`: the file given). `within`:
@@ -778,6 +788,38 @@ fn collect(
         let (key, value) = line.split_once('=').unwrap_or((line, ""));
         let key = key.trim_end_matches([' ', '\t', '\r']).to_owned();
         let value = value.trim_matches([' ', '\t', '\r']).to_owned();
+        // `ini = :section`: a section of this same file, read from this text.
+        // regression (probe 401): refused ("copy the options of [uwsgi] into
+        // [production]"), where `ini = %p:uwsgi`, the same thing, was read.
+        if let Some(sub) = own_section(&key, &value) {
+            let sub = sub.to_owned();
+            if within
+                .iter()
+                .any(|(p, s)| *p == facts.absolute && *s == sub)
+            {
+                return Err(IniError::Refused(format!(
+                    "{}: {key} = {value}: the sections include each other without end",
+                    from(number)
+                )));
+            }
+            if within.len() > INCLUDE_DEPTH {
+                return Err(IniError::Refused(format!(
+                    "{}: {key} = {value}: includes nested more than {INCLUDE_DEPTH} deep",
+                    from(number)
+                )));
+            }
+            within.push((facts.absolute.clone(), sub.clone()));
+            let (sub_found, sub_seen) = collect(text, facts, &sub, ctx, file.clone(), out, within)?;
+            within.pop();
+            if sub_found.is_none() {
+                return Err(IniError::NoSection {
+                    path: facts.absolute.clone(),
+                    section: sub,
+                    found: sub_seen,
+                });
+            }
+            continue;
+        }
         // regression (probe 313): `ini = %d/base.ini` (a shared base file, a common
         // layout) was refused: "postern reads one file".
         if let Some((path, sub)) = include_target(&key, &value) {

@@ -721,16 +721,28 @@ fn refuses_includes_and_logic() {
     assert_eq!(get(&t, "workers"), Some(&toml::Value::Integer(2)));
     assert_eq!(get(&t, "threads"), None);
     assert!(matches!(outcome(&t, "ifenv"), Outcome::Refused(_)));
-    // regression: `ini = :common` (a section of the same file) was told to copy "the
-    // included file's options".
-    let t = tr("ini = :common");
-    let Outcome::Refused(why) = outcome(&t, "ini") else {
-        panic!()
+    // regression (probe 401): `ini = :common` (a section of the same file, uWSGI's way
+    // of layering environments) was refused, with advice to copy it by hand. It is read
+    // in place, as `ini = %p:common` is: later lines override it.
+    let t = tr("ini = :common\nprocesses = 2\n[common]\nthreads = 3\nprocesses = 8");
+    assert_eq!(get(&t, "threads"), Some(&toml::Value::Integer(3)));
+    assert_eq!(get(&t, "workers"), Some(&toml::Value::Integer(2)));
+    let facts = FileFacts {
+        given: "/etc/uwsgi/shop.ini".into(),
+        absolute: PathBuf::from("/etc/uwsgi/shop.ini"),
+        section: None,
+        inode: None,
     };
+    let e = translate("[uwsgi]\nini = :nope\n", &facts, &ctx()).unwrap_err();
+    assert!(matches!(e, IniError::NoSection { .. }), "{e}");
+    let e = translate("[uwsgi]\nini = :a\n[a]\nini = :uwsgi\n", &facts, &ctx()).unwrap_err();
     assert!(
-        why.contains("copy the options of [common] into [uwsgi]"),
-        "{why}"
+        e.to_string().contains("include each other without end"),
+        "{e}"
     );
+    // A name with a variable is still refused, with its advice.
+    let t = tr("ini = :$(ENV_NAME)");
+    assert!(matches!(outcome(&t, "ini"), Outcome::Refused(_)));
 }
 
 #[test]
