@@ -500,12 +500,13 @@ fn kubernetes_deployment_drains_before_it_is_killed() {
         grace as f64 >= sleep(postern) as f64 + asgi_stop_secs(graceful, lifespan),
         "terminationGracePeriodSeconds {grace} must outlast preStop + an ASGI stop with --graceful-timeout {graceful} --lifespan-timeout {lifespan}"
     );
-    // nginx keeps serving until postern's socket is gone.
+    // nginx quits gracefully as postern drains: it finishes what is in flight and
+    // takes nothing new, which postern would refuse.
+    // regression (probe 402): nginx's preStop waited for postern's socket to go, and
+    // answered every request that came meanwhile 502 (connect() refused).
     let nginx_stop = nginx["lifecycle"]["preStop"]["exec"]["command"].to_string();
-    assert!(
-        nginx_stop.contains("-S /run/postern/postern.sock"),
-        "{nginx_stop}"
-    );
+    assert!(!nginx_stop.contains("postern.sock"), "{nginx_stop}");
+    assert_eq!(sleep(nginx), sleep(postern), "{nginx_stop}");
     for c in [postern, nginx] {
         for probe in ["readinessProbe", "livenessProbe"] {
             assert!(c[probe].is_object(), "{} has no {probe}", c["name"]);
