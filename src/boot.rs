@@ -447,6 +447,21 @@ pub fn warn_if_root() {
     }
 }
 
+/// Warns when a single process (no master) is PID 1, as in a container started with
+/// postern as its command: processes orphaned in the container (a shell's background
+/// job the app ran, a daemon's double fork) are then postern's to reap, and only the
+/// master reaps them; a single process cannot tell them from the children its app waits
+/// for, so they stay zombies.
+/// regression (probe 402): 20 requests running `sh -c 'sleep 0.2 & exit 0'` left 20
+/// zombies, with nothing said.
+pub fn warn_if_pid1_alone(supervised: bool) {
+    if !supervised && rustix::process::getpid().as_raw_nonzero().get() == 1 {
+        tracing::warn!(
+            "postern runs as PID 1 (a container's command) without a master: processes orphaned in the container are not reaped and stay zombies; run it with --master (or --workers 2 or more), whose master reaps them, or start the container with an init (docker run --init, tini)"
+        );
+    }
+}
+
 /// Warns when `--listen-backlog` is over `net.core.somaxconn`: the kernel cuts every
 /// listen queue to that silently, so the queue an operator sized to stop 502s under a
 /// burst is shorter than asked (the metric `postern_listen_backlog` shows what it is).

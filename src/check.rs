@@ -88,6 +88,7 @@ pub fn run(config: &Config) -> Result<(), CheckError> {
     if config.uid.is_none_or(|u| u == 0) {
         crate::boot::warn_if_root();
     }
+    crate::boot::warn_if_pid1_alone(config.supervised);
     if all.iter().any(|(_, _, inherited)| !inherited) {
         crate::boot::warn_if_backlog_capped(config.opts.listen_backlog);
     }

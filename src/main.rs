@@ -296,6 +296,7 @@ fn run(config: Config, layers: postern::config::reload::Layers) -> anyhow::Resul
         .and_then(|()| boot::drop_privileges(&config));
     started?;
     boot::warn_if_root();
+    boot::warn_if_pid1_alone(config.supervised);
     if bound.iter().any(|b| !b.inherited) {
         boot::warn_if_backlog_capped(config.opts.listen_backlog);
     }

@@ -941,3 +941,36 @@ fn systemd_syscall_filter_allows_every_call_postern_makes() {
         used.len()
     );
 }
+
+/// A container whose command is postern alone: as PID 1 without a master it says that
+/// orphaned processes are not reaped (the master reaps them); with `--master` it does
+/// not. Needs `unshare --pid` (root): fails under `CI=true` without it, skips loudly
+/// otherwise.
+// regression (probe 402): 20 requests running `sh -c 'sleep 0.2 & exit 0'` left 20
+// zombies under a single process as PID 1, with nothing said.
+#[test]
+fn a_single_process_as_pid_1_says_orphans_are_not_reaped() {
+    let check = |extra: &[&str]| {
+        Command::new("unshare")
+            .args(["--pid", "--fork"])
+            .arg(postern_bin())
+            .arg("examples/hello.py")
+            .args(["--uwsgi", &format!("127.0.0.1:{}", free_port()), "--check"])
+            .args(extra)
+            .current_dir(root())
+            .output()
+    };
+    let said = "postern runs as PID 1 (a container's command) without a master";
+    let out = match check(&[]) {
+        Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout).into_owned(),
+        other => {
+            assert!(!in_ci(), "unshare --pid is needed under CI=true: {other:?}");
+            eprintln!("SKIPPED: unshare --pid did not run postern: {other:?}");
+            return;
+        }
+    };
+    assert!(out.contains(said), "{out}");
+    let out = check(&["--master"]).unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && !text.contains(said), "{text}");
+}
