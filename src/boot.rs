@@ -85,7 +85,9 @@ pub fn apply_env_and_chdir(config: &Config) -> anyhow::Result<Option<PathBuf>> {
             // From the start directory by its logical path: a reload's workers enter it
             // again by this path (see `enter_app_dir`).
             let abs = crate::config::from_start_dir(dir);
-            enter_app_dir(&abs)?;
+            // regression (probe 401): the error did not say which file set it, where
+            // --venv's does.
+            enter_app_dir(&abs, config.chdir_source.as_deref())?;
             Some(abs)
         }
         None => None,
@@ -165,8 +167,12 @@ pub fn apply_env_changes(start: &[KeyValue], now: &[KeyValue]) -> anyhow::Result
 /// the app calls it again before its import: the master's working directory is the
 /// directory the path led to at start, and a symlink on the path switched since (a
 /// Capistrano-style `current -> releases/N`) must lead a reload to the new release.
-pub fn enter_app_dir(dir: &Path) -> anyhow::Result<()> {
-    std::env::set_current_dir(dir).with_context(|| format!("--chdir {}", dir.display()))
+/// `from`: where the value was set when not on the command line (said in the error).
+pub fn enter_app_dir(dir: &Path, from: Option<&str>) -> anyhow::Result<()> {
+    std::env::set_current_dir(dir).with_context(|| match from {
+        Some(from) => format!("--chdir {} (from {from})", dir.display()),
+        None => format!("--chdir {}", dir.display()),
+    })
 }
 
 /// glibc malloc arenas a postern process uses unless told otherwise.

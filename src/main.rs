@@ -818,7 +818,9 @@ fn worker(
     // since the start (a new release) leads this import to the new code. A preloaded
     // app stays in the master's directory, where its code came from.
     let loaded = match preloaded.map(Ok).unwrap_or_else(|| {
-        app_dir.map_or(Ok(()), boot::enter_app_dir)?;
+        app_dir.map_or(Ok(()), |d| {
+            boot::enter_app_dir(d, config.chdir_source.as_deref())
+        })?;
         boot::import_app(config, || ctx.board.first_to_warn_interface(ctx.slot))
     }) {
         Ok(loaded) => loaded,

@@ -1355,7 +1355,7 @@ impl<'a> Mapper<'a> {
                 "set the umask where postern starts (systemd UMask=); socket-mode sets the sockets' permissions".into(),
             ),
             "master-fifo" => Outcome::Ignored(
-                "postern is driven by signals to the master: SIGHUP reloads, SIGTERM stops gracefully, SIGTTIN/SIGTTOU add or remove a worker, SIGUSR1 reopens the logs".into(),
+                "postern is driven by signals to the master: SIGHUP reloads, SIGTERM stops gracefully, SIGTTIN/SIGTTOU add or remove a worker, SIGUSR1 reopens the logs. A deploy step that writes to the FIFO (echo r > FIFO) now only makes a plain file and reloads nothing: replace it with kill -HUP $(cat PIDFILE) (with pidfile =) or systemctl reload".into(),
             ),
             k if k.contains("attach-daemon") => Outcome::Beside(daemon(k, v)),
             "cron" | "cron2" | "unique-cron" => Outcome::Beside(format!(

@@ -2944,7 +2944,7 @@ fn a_failed_reload_during_a_reload_rolls_back_to_the_serving_code() {
     assert!(p.wait_log("reload failed", 20), "{}", p.logs());
     let logs = p.logs();
     let line = logs.lines().find(|l| l.contains("reload failed")).unwrap();
-    assert!(line.contains("serving=0"), "{line}");
+    assert!(line.contains("serving_generation=0"), "{line}");
     // Reload 1's workers then boot and leave; generation 0 still answers.
     std::fs::write(&gate, "").unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -2992,7 +2992,7 @@ fn a_failed_reload_during_a_half_ready_reload_rolls_back_to_the_complete_one() {
     let logs = p.logs();
     assert_eq!(logs.matches("reload failed").count(), 1, "{logs}");
     let line = logs.lines().find(|l| l.contains("reload failed")).unwrap();
-    assert!(line.contains("serving=0"), "{line}");
+    assert!(line.contains("serving_generation=0"), "{line}");
     // Generation 0 serves alone (reload 1's serving worker drains).
     assert!(
         wait_until(10, || (0..3).all(|_| p.get("/").1.starts_with(b"v0 "))),

@@ -1628,6 +1628,8 @@ pub struct Config {
     /// Where `--venv` was set when not on the command line (an ini's `home =` line, a
     /// `--config` file, `POSTERN_VENV`): said in its errors.
     pub venv_source: Option<String>,
+    /// Where `--chdir` was set when not on the command line: said in its error.
+    pub chdir_source: Option<String>,
     /// A master supervises the worker(s).
     pub supervised: bool,
     pub uid: Option<u32>,
@@ -1922,6 +1924,10 @@ impl Config {
             venv,
             venv_from_env,
             venv_source: match layered.source("venv") {
+                Source::Default | Source::CommandLine => None,
+                source => Some(source.to_string()),
+            },
+            chdir_source: match layered.source("chdir") {
                 Source::Default | Source::CommandLine => None,
                 source => Some(source.to_string()),
             },

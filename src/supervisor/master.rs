@@ -2527,16 +2527,16 @@ impl Master {
                         pid,
                         %how,
                         generation,
-                        serving = self.generation,
+                        serving_generation = self.generation,
                         "worker failed to start ({}); a newer reload replaced its generation, so nothing replaces it",
                         start_failure(signal_in_import, quiet_exit)
                     );
                 }
                 Verdict::Outgoing if status.exit_status() == Some(0) && was_running == 0 => {
-                    tracing::warn!(pid, %how, generation, serving = self.generation, "worker stopped without the master asking (a signal sent to it directly?); not replaced: a reload is replacing its generation");
+                    tracing::warn!(pid, %how, generation, serving_generation = self.generation, "worker stopped without the master asking (a signal sent to it directly?); not replaced: a reload is replacing its generation");
                 }
                 Verdict::Outgoing => {
-                    tracing::error!(pid, %how, generation, serving = self.generation, "worker died unexpectedly; not replaced: a reload is replacing its generation");
+                    tracing::error!(pid, %how, generation, serving_generation = self.generation, "worker died unexpectedly; not replaced: a reload is replacing its generation");
                 }
                 Verdict::Restart => {
                     self.import_kills += 1;
@@ -2619,7 +2619,7 @@ impl Master {
                         } else {
                             String::new()
                         };
-                        tracing::error!(pid, %how, serving = self.generation, failed_generation = failed, "reload failed: the new workers do not start{why}; still serving the previous code (generation {})", self.generation);
+                        tracing::error!(pid, %how, serving_generation = self.generation, failed_generation = failed, "reload failed: the new workers do not start{why}; still serving the previous code (generation {})", self.generation);
                     }
                     self.import_kills = 0;
                     self.retries_due = 0;
