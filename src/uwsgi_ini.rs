@@ -656,10 +656,11 @@ const USUAL_OPTIONS: &[&str] = &[
 /// ` (did you mean `processes`?)` for an unknown `key` of 5 or 6 characters one letter
 /// away from a usual option postern maps, or a longer one two letters away; else
 /// nothing.
-fn unknown_hint(key: &str, outcome: &Outcome) -> String {
+fn unknown_hint(entry: &Entry, outcome: &Outcome) -> String {
     if !matches!(outcome, Outcome::Unknown) {
         return String::new();
     }
+    let key = entry.key.as_str();
     let maps = |option: &str| {
         let entries = [command_line::entry(1, option, "1", "")];
         let placeholders = BTreeSet::new();
@@ -672,8 +673,12 @@ fn unknown_hint(key: &str, outcome: &Outcome) -> String {
     // no `=` (uWSGI takes no other separator).
     // regression (probe 401): such a socket line was only "unknown", and postern
     // listened on its default address instead.
-    if let Some(cut) = key.find([':', ' ', '\t']) {
-        let (option, value) = (&key[..cut], key[cut + 1..].trim());
+    // From the line as written: its value may hold an `=` (`env: NAME=value`).
+    let text = entry.text.as_str();
+    if let Some(cut) = text.find([':', ' ', '\t']).filter(|&c| c < key.len()) {
+        let option = &text[..cut];
+        let value = text[cut..].trim_start_matches([' ', '\t']);
+        let value = value.strip_prefix(':').unwrap_or(value).trim();
         if !option.is_empty() && !value.is_empty() && maps(option) {
             return format!(
                 " (did you mean `{option} = {value}`? an option takes its value after `=`)"
@@ -766,10 +771,16 @@ impl<'a> Mapper<'a> {
     /// regression (probe 401, HIGH): `harakiri = 30` then `harakiri = 0` (in one file,
     /// through an `ini =` include, over two --ini files, at a reload) kept the 30 s
     /// timeout, and migrate wrote `timeout = 30`, calling the second line "not needed".
+    /// Only a value the same uWSGI option set is taken back: `reload-on-rss = 0` leaves
+    /// the max-rss that `evil-reload-on-rss` gave (review 403: it removed it).
     fn unset(&mut self, i: usize, key: &str) {
-        let Some(prev) = self.setter.remove(key) else {
+        let Some(&prev) = self.setter.get(key) else {
             return;
         };
+        if self.lines[prev].entry.key != self.entries[i].key {
+            return;
+        }
+        self.setter.remove(key);
         self.table.remove(key);
         let by = if self.command_line {
             format!("`{}`", self.entries[i].text)
@@ -1231,11 +1242,15 @@ impl<'a> Mapper<'a> {
             // max-rss is the soft one, and its hard limit is 1.5 x max-rss.
             // regression (probe 334): both gave max-rss, "the last value wins (as in
             // uWSGI)", so the line order chose between the soft and the hard limit.
+            // The last reload-on-rss line is the one uWSGI keeps (0: off, and then the
+            // evil one gives max-rss; review 403).
             "evil-reload-on-rss"
                 if self
                     .entries
                     .iter()
-                    .any(|e| e.key == "reload-on-rss" && numeric(&e.value).parse::<f64>().is_ok_and(|m| m > 0.0)) =>
+                    .rev()
+                    .find(|e| e.key == "reload-on-rss")
+                    .is_some_and(|e| numeric(&e.value).parse::<f64>().is_ok_and(|m| m > 0.0)) =>
             {
                 let at = self.entries.iter().rev().find(|e| e.key == "reload-on-rss");
                 Outcome::Ignored(format!(
@@ -2003,7 +2018,7 @@ impl Translation {
                         at_entry(&self.source, &l.entry),
                         hide.line(&l.entry),
                         hide.text(&why),
-                        unknown_hint(&l.entry.key, &l.outcome)
+                        unknown_hint(&l.entry, &l.outcome)
                     )
                 })
             })
@@ -2362,7 +2377,7 @@ impl Translation {
                     _ if stops.is_some() => format!(
                         "REFUSED (postern --ini stops on this): {}{}",
                         stops.unwrap_or_default(),
-                        unknown_hint(&l.entry.key, &l.outcome)
+                        unknown_hint(&l.entry, &l.outcome)
                     ),
                     Outcome::Accepted(w) if w.is_empty() => "not needed".to_owned(),
                     Outcome::Accepted(w) => format!("not needed: {w}"),
@@ -2371,7 +2386,7 @@ impl Translation {
                     Outcome::Placeholder => "a placeholder, used in the values above".to_owned(),
                     Outcome::Unknown => format!(
                         "unknown: not an option postern knows (it has no equivalent, or it is misspelt){}",
-                        unknown_hint(&l.entry.key, &l.outcome)
+                        unknown_hint(&l.entry, &l.outcome)
                     ),
                     Outcome::Carried { .. } | Outcome::AtStart(_) | Outcome::Beside(_) => {
                         unreachable!("filtered above")

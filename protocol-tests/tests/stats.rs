@@ -1657,9 +1657,10 @@ def application(environ, start_response):
     assert_eq!(p.get("/").1, b"served", "{}", p.logs());
 }
 
-/// One worker of two threads: a response sent whole whose app's `close()` is still
-/// running when the other thread crashes the worker is counted as served; the crashing
-/// request as cut off (`none`).
+/// One worker of three threads: a response sent whole whose app's `close()` is still
+/// running when another thread crashes the worker is counted as served; one without a
+/// Content-Length, which the crash cuts (its end is the close the crash turns into a
+/// reset), and the crashing request, as cut off (`none`).
 // regression (probe 396 M1): both counted status="none" (the first one's count waited
 // for its end, which needs the GIL the crashing thread held), though its client got
 // the whole response.
@@ -1678,11 +1679,14 @@ MARKS = {marks:?}
 
 
 class Body:
+    def __init__(self, name):
+        self.name = name
+
     def __iter__(self):
         return iter([b"sent whole"])
 
     def close(self):
-        open(os.path.join(MARKS, "closing"), "w").close()
+        open(os.path.join(MARKS, self.name), "w").close()
         deadline = time.time() + 20
         while not os.path.exists(os.path.join(MARKS, "release")) and time.time() < deadline:
             time.sleep(0.01)
@@ -1691,23 +1695,31 @@ class Body:
 def application(environ, start_response):
     if environ["PATH_INFO"] == "/crash":
         os._exit(3)
+    if environ["PATH_INFO"] == "/nocl":
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return Body("nocl")
     start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "10")])
-    return Body()
+    return Body("answered")
 "#
         ),
     )
     .unwrap();
     let stats_addr = Addr::Tcp(free_port());
     let p = Spawn::unix(dir.path(), &app.to_string_lossy())
-        .args(["--master", "--threads", "2"])
+        .args(["--master", "--threads", "3"])
         .args(["--stats", &stats_addr.arg()])
         .start();
     let held = std::thread::spawn({
         let addr = p.addr.clone();
         move || raw(&addr, &uwsgi_get("/answered"))
     });
+    let nocl = std::thread::spawn({
+        let addr = p.addr.clone();
+        move || raw(&addr, &uwsgi_get("/nocl"))
+    });
     assert!(
-        wait_until(20, || marks.join("closing").exists()),
+        wait_until(20, || marks.join("answered").exists()
+            && marks.join("nocl").exists()),
         "{}",
         p.logs()
     );
@@ -1717,7 +1729,9 @@ def application(environ, start_response):
     let crashed = r#"postern_worker_exits_total{cause="crash"}"#;
     let m = wait_metrics(&stats_addr, 20, |m| sample(m, crashed) == 1.0);
     assert_eq!(sample(&m, crashed), 1.0, "{m}\n{}", p.logs());
+    // regression (review 403): the one without a Content-Length was counted 2xx too.
+    let _ = nocl.join();
     assert_eq!(sample(&m, &uwsgi("2xx")), 1.0, "{m}");
-    assert_eq!(sample(&m, &uwsgi("none")), 1.0, "{m}");
-    assert_eq!(family_sum(&m, "postern_requests_total"), 2.0, "{m}");
+    assert_eq!(sample(&m, &uwsgi("none")), 2.0, "{m}");
+    assert_eq!(family_sum(&m, "postern_requests_total"), 3.0, "{m}");
 }

@@ -738,6 +738,9 @@ fn collect(
 ) -> Result<(Option<usize>, Vec<String>), IniError> {
     let mut current = String::new();
     let mut seen: Vec<String> = Vec::new();
+    // The last file an `ini = FILE` line of this section read: uWSGI reads a later
+    // `ini = :section` from it, not from this file (its `last_file`).
+    let mut included: Option<String> = None;
     // The line of the section's first header: an empty section is still a section.
     let mut found = None;
     let from = |n: usize| match &file {
@@ -793,6 +796,15 @@ fn collect(
         // [production]"), where `ini = %p:uwsgi`, the same thing, was read.
         if let Some(sub) = own_section(&key, &value) {
             let sub = sub.to_owned();
+            if let Some(last) = &included {
+                let last = super::split_source(last).0;
+                return Err(IniError::Refused(format!(
+                    "{}: {key} = {value}: uWSGI reads a `:section` include from the last ini file it opened, {} here, not from this file: write `{key} = {}:{sub}` for that one, or `{key} = %p:{sub}` for this file's",
+                    from(number),
+                    last.display(),
+                    last.display()
+                )));
+            }
             if within
                 .iter()
                 .any(|(p, s)| *p == facts.absolute && *s == sub)
@@ -852,6 +864,7 @@ fn collect(
             let text = String::from_utf8_lossy(&bytes);
             let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
             let sub_facts = FileFacts::of(&shown, &path, Some(&sub), &ctx.cwd);
+            included = Some(shown.clone());
             within.push((real, sub.clone()));
             let (sub_found, sub_seen) = collect(
                 text,

@@ -661,7 +661,10 @@ fn a_misspelt_option_names_the_one_it_is_close_to() {
     );
     // Only options postern maps are suggested, and a known option gets no hint.
     assert_eq!(
-        unknown_hint("socket", &Outcome::Accepted(String::new())),
+        unknown_hint(
+            &command_line::entry(1, "socket", "x", ""),
+            &Outcome::Accepted(String::new())
+        ),
         ""
     );
     for option in USUAL_OPTIONS {
@@ -738,6 +741,22 @@ fn refuses_includes_and_logic() {
     let e = translate("[uwsgi]\nini = :a\n[a]\nini = :uwsgi\n", &facts, &ctx()).unwrap_err();
     assert!(
         e.to_string().contains("include each other without end"),
+        "{e}"
+    );
+    // After an `ini = FILE` line uWSGI reads `:section` from that file: refused, named.
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path().join("base.ini");
+    std::fs::write(&base, "[uwsgi]\nharakiri = 5\n[prod]\nharakiri = 7\n").unwrap();
+    let text = format!(
+        "[uwsgi]\nini = {}\nini = :prod\n[prod]\nharakiri = 9\n",
+        base.display()
+    );
+    let e = translate(&text, &facts, &ctx()).unwrap_err().to_string();
+    assert!(
+        e.contains(&format!(
+            "from the last ini file it opened, {}",
+            base.display()
+        )),
         "{e}"
     );
     // A name with a variable is still refused, with its advice.
@@ -1825,4 +1844,31 @@ fn an_option_written_without_its_equals_sign_is_pointed_out() {
     );
     assert!(w.contains("did you mean `processes = 4`?"), "{w}");
     assert_eq!(get(&t, "uwsgi"), None);
+}
+
+// regression (review 403): `reload-on-rss = 0` took back the max-rss that
+// `evil-reload-on-rss` (another uWSGI option) had given, and with an earlier
+// reload-on-rss above 0 the evil line was ignored though the last reload-on-rss is 0.
+#[test]
+fn a_zero_takes_back_only_its_own_options_value() {
+    let t = tr("evil-reload-on-rss = 1024\nreload-on-rss = 0");
+    assert_eq!(get(&t, "max-rss"), Some(&toml::Value::Integer(1024)));
+    let t = tr("reload-on-rss = 512\nevil-reload-on-rss = 1024\nreload-on-rss = 0");
+    assert_eq!(get(&t, "max-rss"), Some(&toml::Value::Integer(1024)));
+    let t = tr("reload-on-rss = 512\nevil-reload-on-rss = 1024");
+    assert_eq!(get(&t, "max-rss"), Some(&toml::Value::Integer(512)));
+}
+
+// regression (review 403): the hint was built from the key, which ends at the line's
+// first `=`: `env: NAME=value` was told `env = NAME`, `harakiri : 30` `harakiri = : 30`.
+#[test]
+fn the_missing_equals_hint_keeps_the_value_as_written() {
+    let w = tr("env: DJANGO_SETTINGS_MODULE=prod\nharakiri : 30")
+        .warnings()
+        .unwrap();
+    assert!(
+        w.contains("did you mean `env = DJANGO_SETTINGS_MODULE=prod`?"),
+        "{w}"
+    );
+    assert!(w.contains("did you mean `harakiri = 30`?"), "{w}");
 }

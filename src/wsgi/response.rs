@@ -187,7 +187,11 @@ impl State {
     /// whole body its Content-Length announced, nothing still queued), before the
     /// app's `close()` and the request's end run: they need the GIL, which another
     /// thread may hold as it crashes the worker, and the master then counts the
-    /// request as served instead of cut off (the client had it all).
+    /// request as served instead of cut off (the client had it all). Only a response
+    /// with a Content-Length, or with no body to send (HEAD, 204, 304): without one,
+    /// the front server has it whole only once postern ends it (a clean close,
+    /// END_REQUEST), which a crash does not do (review 403: a crash reset such a uwsgi
+    /// response, curl saw it cut short, and it was counted 2xx).
     /// regression (probe 396 M1): 832 crashes among 1,954 requests at 1 x 2 moved about
     /// 190 delivered 200s to `status="none"`.
     fn mark_answered(&mut self) {
@@ -200,9 +204,7 @@ impl State {
             && !self.client_gone
             && !self.file_short
             && !self.sink.has_pending()
-            && self
-                .content_length
-                .is_none_or(|cl| self.body_sent >= cl || self.head_only());
+            && (self.head_only() || self.content_length.is_some_and(|cl| self.body_sent >= cl));
         if whole {
             m.answered(*thread, self.code, self.head_sent + self.body_sent);
             self.marked = true;
