@@ -747,22 +747,28 @@ impl<'a> Mapper<'a> {
     /// wins, as in uWSGI).
     fn set(&mut self, i: usize, key: &str, value: toml::Value) {
         if let Some(prev) = self.setter.insert(key.to_owned(), i) {
-            let by = if self.command_line {
-                format!("`{}`", self.entries[i].text)
-            } else {
-                format!("line {}", self.entries[i].label())
-            };
-            let line = &mut self.lines[prev];
-            if let Outcome::Carried { keys, .. } = &mut line.outcome {
-                keys.retain(|k| k != key);
-                if keys.is_empty() {
-                    line.outcome = Outcome::Ignored(format!(
-                        "{by} sets it again, and the last value wins (as in uWSGI)"
-                    ));
-                }
-            }
+            self.superseded(prev, i, key, "sets it again");
         }
         self.table.insert(key.to_owned(), value);
+    }
+
+    /// Line `prev` no longer gives `key`, as line `i` `does` (sets it again, or back to
+    /// 0): with nothing else carried over from it, it is ignored, saying so.
+    fn superseded(&mut self, prev: usize, i: usize, key: &str, does: &str) {
+        let by = if self.command_line {
+            format!("`{}`", self.entries[i].text)
+        } else {
+            format!("line {}", self.entries[i].label())
+        };
+        let line = &mut self.lines[prev];
+        if let Outcome::Carried { keys, .. } = &mut line.outcome {
+            keys.retain(|k| k != key);
+            if keys.is_empty() {
+                line.outcome = Outcome::Ignored(format!(
+                    "{by} {does}, and the last value wins (as in uWSGI)"
+                ));
+            }
+        }
     }
 
     /// A line that sets `key` back to uWSGI's 0 (off, or the default): an earlier line's
@@ -782,20 +788,7 @@ impl<'a> Mapper<'a> {
         }
         self.setter.remove(key);
         self.table.remove(key);
-        let by = if self.command_line {
-            format!("`{}`", self.entries[i].text)
-        } else {
-            format!("line {}", self.entries[i].label())
-        };
-        let line = &mut self.lines[prev];
-        if let Outcome::Carried { keys, .. } = &mut line.outcome {
-            keys.retain(|k| k != key);
-            if keys.is_empty() {
-                line.outcome = Outcome::Ignored(format!(
-                    "{by} sets it back to 0, and the last value wins (as in uWSGI)"
-                ));
-            }
-        }
+        self.superseded(prev, i, key, "sets it back to 0");
     }
 
     fn push(&mut self, key: &str, value: String) {
