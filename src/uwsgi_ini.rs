@@ -878,9 +878,9 @@ impl<'a> Mapper<'a> {
             "fastcgi" => "fastcgi",
             "scgi" => "scgi",
             "http" | "https" | "http11" => {
-                return Outcome::Refused(
-                    "protocol = http makes it an HTTP socket, and postern speaks uwsgi, FastCGI and SCGI: drop protocol = and point nginx's uwsgi_pass at this socket".into(),
-                )
+                return Outcome::Refused(format!(
+                    "protocol = {protocol} makes it an HTTP socket, and postern speaks uwsgi, FastCGI and SCGI: drop protocol = and point nginx's uwsgi_pass at this socket"
+                ))
             }
             other => {
                 return Outcome::Refused(format!(
@@ -1168,6 +1168,15 @@ impl<'a> Mapper<'a> {
             "master" => {
                 let (b, note) = boolean(v);
                 self.set(i, "master", toml::Value::Boolean(b));
+                // regression (probe 401): said nothing though postern runs one anyway.
+                let several = self.entries.iter().any(|e| {
+                    matches!(e.key.as_str(), "processes" | "workers")
+                        && number(&e.value).is_ok_and(|n| n > 1)
+                });
+                let note = match (b, several) {
+                    (false, true) => Some("postern runs a master whenever there is more than one worker (it starts, watches and replaces them): processes > 1 here".to_owned()),
+                    _ => note,
+                };
                 Self::noted(&["master"], note)
             }
             "lazy-apps" | "lazy" => Outcome::Accepted(if boolean(v).0 {

@@ -705,6 +705,17 @@ fn a_bad_venv_is_a_clear_error() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("is it a virtualenv?"));
+    // regression (probe 401): a path that does not exist was asked the same.
+    let out = postern()
+        .arg(testapp())
+        .args(["--uwsgi", &format!("127.0.0.1:{}", free_port())])
+        .arg("--venv")
+        .arg(dir.path().join("nope"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("nope: the directory does not exist"), "{err}");
 }
 
 #[test]

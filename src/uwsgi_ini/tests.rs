@@ -1872,3 +1872,17 @@ fn the_missing_equals_hint_keeps_the_value_as_written() {
     );
     assert!(w.contains("did you mean `harakiri = 30`?"), "{w}");
 }
+
+// regression (probe 401): `master = false` beside `processes = 3` was carried over
+// without a word, and postern runs a master for them anyway.
+#[test]
+fn master_false_with_several_workers_is_noted() {
+    let t = tr("module = m\nmaster = false\nprocesses = 3");
+    let toml = t.to_toml();
+    assert!(
+        toml.contains("postern runs a master whenever there is more than one worker"),
+        "{toml}"
+    );
+    let t = tr("module = m\nmaster = false\nprocesses = 1");
+    assert!(!t.to_toml().contains("postern runs a master whenever"));
+}

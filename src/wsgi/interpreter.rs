@@ -97,6 +97,16 @@ pub struct PythonInfo {
 /// `major.minor` as the embedded Python, or its compiled packages would not load.
 fn check_venv(venv: &Path) -> Result<PathBuf, WsgiError> {
     let cfg = venv.join("pyvenv.cfg");
+    // regression (probe 401): a directory that does not exist was asked "is it a
+    // virtualenv?" about its pyvenv.cfg.
+    if !venv.exists() {
+        return Err(WsgiError::Venv {
+            venv: venv.to_owned(),
+            reason:
+                "the directory does not exist (create it with python3.11 -m venv, or fix the path)"
+                    .into(),
+        });
+    }
     let text = std::fs::read_to_string(&cfg).map_err(|e| WsgiError::Venv {
         venv: venv.to_owned(),
         reason: format!("cannot read {}: {e}; is it a virtualenv?", cfg.display()),
