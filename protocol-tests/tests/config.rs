@@ -701,7 +701,7 @@ fn a_stale_virtual_env_is_named_as_the_variable() {
     assert_eq!(out.status.code(), Some(1), "{stdout}{stderr}");
     assert!(
         stderr.contains(
-            "VIRTUAL_ENV=/nonexistent-venv (from the environment; no --venv given): cannot read"
+            "VIRTUAL_ENV=/nonexistent-venv (from the environment; no --venv given): the directory does not exist"
         ),
         "{stderr}"
     );
@@ -824,7 +824,9 @@ fn a_bad_venv_names_the_ini_line_it_came_from() {
     let (stdout, stderr) = text(&out);
     assert!(!out.status.success(), "{stdout}\n{stderr}");
     assert!(
-        stderr.contains("--venv /nonexistent/venv (from uWSGI ini app.ini:3): cannot read"),
+        stderr.contains(
+            "--venv /nonexistent/venv (from uWSGI ini app.ini:3): the directory does not exist"
+        ),
         "{stdout}\n{stderr}"
     );
 }
