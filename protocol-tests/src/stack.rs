@@ -282,7 +282,9 @@ impl Stack {
     /// app go on (an order, not a duration: a response held back until the app returns
     /// shows chunk 0 only after the app gave up waiting, and says so).
     pub fn assert_streams(&self) {
-        assert_streams_at(self.nginx.port, self.dir.path(), &self.postern);
+        assert_streams_at(self.nginx.port, self.dir.path(), &self.postern, || {
+            self.nginx.error_log()
+        });
     }
 
     /// Runs `load` through nginx; the report carries the upstream errors nginx logged
@@ -300,8 +302,9 @@ impl Stack {
 
 /// [`Stack::assert_streams`] through any HTTP front end on loopback `port` (nginx,
 /// Apache): the app's `/gated-stream` (the WSGI test app's, or an ASGI app's twin)
-/// passes chunk 0 on while the app waits for its gate; `dir` holds the gate files.
-pub fn assert_streams_at(port: u16, dir: &Path, postern: &Postern) {
+/// passes chunk 0 on while the app waits for its gate; `dir` holds the gate files,
+/// `front_log` reads the front end's error log for a failure's message.
+pub fn assert_streams_at(port: u16, dir: &Path, postern: &Postern, front_log: impl Fn() -> String) {
     static GATES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     let i = GATES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let gate = dir.join(format!("gate-{i}"));
@@ -313,22 +316,28 @@ pub fn assert_streams_at(port: u16, dir: &Path, postern: &Postern) {
         gated_stream(&gate, 4)
     );
     c.write_all(req.as_bytes()).unwrap();
+    let sent = Instant::now();
     let mut got = Vec::new();
     let mut buf = [0u8; 4096];
     while !String::from_utf8_lossy(&got).contains("chunk 0") {
-        match c.read(&mut buf) {
-            Ok(0) => panic!(
-                "the answer ended before chunk 0: {:?}\n{}",
-                String::from_utf8_lossy(&got),
-                postern.logs()
-            ),
-            Ok(n) => got.extend_from_slice(&buf[..n]),
-            Err(e) => panic!(
-                "no chunk 0 while the app waits ({e}): {:?}\n{}",
-                String::from_utf8_lossy(&got),
-                postern.logs()
-            ),
-        }
+        let why = match c.read(&mut buf) {
+            Ok(0) => "the answer ended".to_owned(),
+            Ok(n) => {
+                got.extend_from_slice(&buf[..n]);
+                continue;
+            }
+            Err(e) => e.to_string(),
+        };
+        panic!(
+            "no chunk 0 while the app waits ({why}, {:?} after the request, client \
+             {} to 127.0.0.1:{port}): {:?}\n---- front end's error log ----\n{}\n\
+             ---- postern log ----\n{}",
+            sent.elapsed(),
+            c.local_addr().map_or("?".into(), |a| a.to_string()),
+            String::from_utf8_lossy(&got),
+            front_log(),
+            postern.logs()
+        );
     }
     assert!(
         !String::from_utf8_lossy(&got).contains("the gate never opened"),

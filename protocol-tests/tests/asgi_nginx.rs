@@ -695,7 +695,9 @@ fn through_apache_mod_proxy_fcgi() {
         return;
     };
     check_bodies(s.apache.port, true);
-    assert_streams_at(s.apache.port, s.dir.path(), &s.postern);
+    assert_streams_at(s.apache.port, s.dir.path(), &s.postern, || {
+        s.apache.error_log()
+    });
     let dir = record_dir(s.dir.path(), "disconnect");
     // Apache watches the client only when it writes to it: a client gone while the app
     // sends nothing stays unnoticed (the connection to postern stays open), so the app
@@ -723,7 +725,9 @@ fn through_apache_mod_proxy_uwsgi() {
     };
     // mod_proxy_uwsgi answers 411 to a chunked body itself (deploy/apache/postern-uwsgi.conf).
     check_bodies(s.apache.port, false);
-    assert_streams_at(s.apache.port, s.dir.path(), &s.postern);
+    assert_streams_at(s.apache.port, s.dir.path(), &s.postern, || {
+        s.apache.error_log()
+    });
     let dir = record_dir(s.dir.path(), "disconnect");
     // Apache watches the client only when it writes to it: a client gone while the app
     // sends nothing stays unnoticed (the connection to postern stays open), so the app
