@@ -1016,6 +1016,16 @@ impl Layered {
         self.sources.get(key).cloned().unwrap_or(Source::Default)
     }
 
+    /// Where `key` was set when a user would not know it from the command they typed
+    /// (a file, with its line where known, or the environment), for an error's message;
+    /// None for a default or the command line.
+    fn set_in(&self, key: &str) -> Option<String> {
+        match self.source(key) {
+            Source::Default | Source::CommandLine => None,
+            source => Some(source.to_string()),
+        }
+    }
+
     /// A layer set `key` to something else than its default (a limit switched off
     /// included). Compared as typed: `lifespan-timeout = 60` is the default `60.0`,
     /// `fastcgi-buffer = "1m"` the default `"1M"`.
@@ -1923,14 +1933,8 @@ impl Config {
             mounts,
             venv,
             venv_from_env,
-            venv_source: match layered.source("venv") {
-                Source::Default | Source::CommandLine => None,
-                source => Some(source.to_string()),
-            },
-            chdir_source: match layered.source("chdir") {
-                Source::Default | Source::CommandLine => None,
-                source => Some(source.to_string()),
-            },
+            venv_source: layered.set_in("venv"),
+            chdir_source: layered.set_in("chdir"),
             supervised,
             uid,
             gid,

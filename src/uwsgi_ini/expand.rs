@@ -805,31 +805,22 @@ fn collect(
                     last.display()
                 )));
             }
-            if within
-                .iter()
-                .any(|(p, s)| *p == facts.absolute && *s == sub)
-            {
-                return Err(IniError::Refused(format!(
-                    "{}: {key} = {value}: the sections include each other without end",
-                    from(number)
-                )));
-            }
-            if within.len() > INCLUDE_DEPTH {
-                return Err(IniError::Refused(format!(
-                    "{}: {key} = {value}: includes nested more than {INCLUDE_DEPTH} deep",
-                    from(number)
-                )));
-            }
-            within.push((facts.absolute.clone(), sub.clone()));
-            let (sub_found, sub_seen) = collect(text, facts, &sub, ctx, file.clone(), out, within)?;
-            within.pop();
-            if sub_found.is_none() {
-                return Err(IniError::NoSection {
-                    path: facts.absolute.clone(),
-                    section: sub,
-                    found: sub_seen,
-                });
-            }
+            let inc = Include {
+                text,
+                facts,
+                section: sub,
+                file: file.clone(),
+                real: facts.absolute.clone(),
+                path: facts.absolute.clone(),
+                what: "sections",
+            };
+            include(
+                inc,
+                ctx,
+                out,
+                within,
+                &format!("{}: {key} = {value}", from(number)),
+            )?;
             continue;
         }
         // regression (probe 313): `ini = %d/base.ini` (a shared base file, a common
@@ -842,18 +833,7 @@ fn collect(
             };
             let shown = value.clone();
             let real = std::fs::canonicalize(&path).unwrap_or_else(|_| path.clone());
-            if within.iter().any(|(p, s)| *p == real && *s == sub) {
-                return Err(IniError::Refused(format!(
-                    "{}: {key} = {value}: the files include each other without end",
-                    from(number)
-                )));
-            }
-            if within.len() > INCLUDE_DEPTH {
-                return Err(IniError::Refused(format!(
-                    "{}: {key} = {value}: includes nested more than {INCLUDE_DEPTH} deep",
-                    from(number)
-                )));
-            }
+            let at = format!("{}: {key} = {value}", from(number));
             let bytes = std::fs::read(&path).map_err(|e| {
                 IniError::Refused(format!(
                     "{}: {key} = {value}: cannot read {}: {e} (a relative path is taken from the directory postern starts in, as uWSGI does: %d/ names the including file's)",
@@ -865,24 +845,16 @@ fn collect(
             let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
             let sub_facts = FileFacts::of(&shown, &path, Some(&sub), &ctx.cwd);
             included = Some(shown.clone());
-            within.push((real, sub.clone()));
-            let (sub_found, sub_seen) = collect(
+            let inc = Include {
                 text,
-                &sub_facts,
-                &sub,
-                ctx,
-                Some(std::sync::Arc::from(shown.as_str())),
-                out,
-                within,
-            )?;
-            within.pop();
-            if sub_found.is_none() {
-                return Err(IniError::NoSection {
-                    path: path.clone(),
-                    section: sub,
-                    found: sub_seen,
-                });
-            }
+                facts: &sub_facts,
+                section: sub,
+                file: Some(std::sync::Arc::from(shown.as_str())),
+                real,
+                path,
+                what: "files",
+            };
+            include(inc, ctx, out, within, &at)?;
             continue;
         }
         out.entries.push(Entry {
@@ -895,6 +867,66 @@ fn collect(
         });
     }
     Ok((found, seen))
+}
+
+/// A section an `ini =` line reads: of another file, or of this one (`:section`).
+struct Include<'a> {
+    text: &'a str,
+    facts: &'a FileFacts,
+    section: String,
+    /// How its lines are named (None: this file's own, by line number).
+    file: Option<std::sync::Arc<str>>,
+    /// Which file it is, for loops: the canonical path.
+    real: PathBuf,
+    /// The path a missing section is reported with.
+    path: PathBuf,
+    /// "files" or "sections": what includes each other in a loop's refusal.
+    what: &'static str,
+}
+
+/// Reads `inc` into `out` (the including line is `at`, "FILE:LINE: key = value"),
+/// refusing a loop (a section already being read further up), a nesting past
+/// [`INCLUDE_DEPTH`] and a section the text does not have.
+fn include(
+    inc: Include<'_>,
+    ctx: &Context,
+    out: &mut Section,
+    within: &mut Vec<(PathBuf, String)>,
+    at: &str,
+) -> Result<(), IniError> {
+    if within
+        .iter()
+        .any(|(p, s)| *p == inc.real && *s == inc.section)
+    {
+        return Err(IniError::Refused(format!(
+            "{at}: the {} include each other without end",
+            inc.what
+        )));
+    }
+    if within.len() > INCLUDE_DEPTH {
+        return Err(IniError::Refused(format!(
+            "{at}: includes nested more than {INCLUDE_DEPTH} deep"
+        )));
+    }
+    within.push((inc.real, inc.section.clone()));
+    let (found, seen) = collect(
+        inc.text,
+        inc.facts,
+        &inc.section,
+        ctx,
+        inc.file,
+        out,
+        within,
+    )?;
+    within.pop();
+    if found.is_none() {
+        return Err(IniError::NoSection {
+            path: inc.path,
+            section: inc.section,
+            found: seen,
+        });
+    }
+    Ok(())
 }
 
 /// The magic variables in `raw` whose value is the running process's or host's (`%h`,
