@@ -506,3 +506,87 @@ fn a_request_body_that_stalls_is_closed_by_postern_in_its_access_line() {
     assert!(!logs.contains("client went away"), "{logs}");
     drop(c);
 }
+
+/// A WSGI app whose response (a Content-Length, sent whole) is followed by a close()
+/// that writes the mark and hangs.
+fn hangs_in_close(dir: &Path) -> (PathBuf, PathBuf) {
+    let path = dir.join("hangs_in_close.py");
+    let mark = dir.join("in-close");
+    std::fs::write(
+        &path,
+        format!(
+            "import time\n\nMARK = {:?}\n\nclass Body:\n    def __iter__(self):\n        yield b'whole'\n    def close(self):\n        open(MARK, 'w').close()\n        time.sleep(60)\n\ndef application(environ, start_response):\n    start_response('200 OK', [('Content-Type', 'text/plain'), ('Content-Length', '5')])\n    return Body()\n",
+            mark.to_string_lossy()
+        ),
+    )
+    .unwrap();
+    (path, mark)
+}
+
+#[test]
+fn a_request_cut_off_in_its_close_after_a_whole_response_is_served_not_incomplete() {
+    // regression (review 403): the client had the whole response, and the WARN said
+    // "the rest never will be (the response is incomplete)", the access line
+    // "response incomplete; connection aborted" and the metrics counted it cut off.
+    for args in [
+        &["--workers", "1"][..],
+        &["--master", "--workers", "1", "--stats", "127.0.0.1:0"][..],
+    ] {
+        let dir = tempdir();
+        let (app, mark) = hangs_in_close(dir.path());
+        let mut p = Spawn::unix(dir.path(), &app.to_string_lossy())
+            .args(args.iter().copied())
+            .args(["--graceful-timeout", "1"])
+            .start();
+        let request = send(&p, "/whole", &mark);
+        p.signal(libc::SIGTERM);
+        assert!(p.wait_exit(15).is_some(), "{args:?}\n{}", p.logs());
+        let got = request.join().unwrap();
+        let r = parse_http(&got).unwrap_or_else(|| panic!("{got:?}\n{}", p.logs()));
+        assert_eq!((r.status, r.text().as_str()), (200, "whole"));
+        let logs = p.logs();
+        let warn = log_line(&logs, "request cut off at --graceful-timeout");
+        assert!(
+            warn.contains("after its response was sent whole (the client has it)")
+                && warn.contains("request_id=cut-me-42"),
+            "{args:?}: {warn}\n{logs}"
+        );
+        assert!(!logs.contains("response incomplete"), "{args:?}\n{logs}");
+        let access = log_line(&logs, "postern::access: served");
+        assert!(
+            access.contains("request_id=cut-me-42") && access.contains("status=200"),
+            "{args:?}: {access}\n{logs}"
+        );
+    }
+}
+
+#[test]
+fn a_worker_killed_in_a_close_after_a_whole_response_is_not_said_to_leave_an_error() {
+    // regression (review 403): the master named it "its front server gets an error".
+    let dir = tempdir();
+    let (app, mark) = hangs_in_close(dir.path());
+    let p = Spawn::unix(dir.path(), &app.to_string_lossy())
+        .args(["--master", "--workers", "1", "--stats", "127.0.0.1:0"])
+        .start();
+    assert!(p.wait_log("all 1 workers ready", 20), "{}", p.logs());
+    let request = send(&p, "/whole", &mark);
+    let workers = p.ready_worker_pids();
+    assert_eq!(workers.len(), 1, "{}", p.logs());
+    // SAFETY: kill(2) on the worker this test's postern started.
+    unsafe { libc::kill(workers[0], libc::SIGKILL) };
+    let got = request.join().unwrap();
+    let r = parse_http(&got).unwrap_or_else(|| panic!("{got:?}\n{}", p.logs()));
+    assert_eq!((r.status, r.text().as_str()), (200, "whole"));
+    assert!(
+        p.wait_log("request cut off: its worker died", 10),
+        "{}",
+        p.logs()
+    );
+    let logs = p.logs();
+    let warn = log_line(&logs, "request cut off: its worker died");
+    assert!(
+        warn.contains("its response had been sent whole (200, ")
+            && !warn.contains("its front server gets an error"),
+        "{warn}\n{logs}"
+    );
+}

@@ -55,6 +55,10 @@ const LEAVE_MARGIN: Duration = Duration::from_secs(1);
 /// timeout) would otherwise hold a reload, and systemd's reload, for ever.
 const BOOT_WARN: Duration = Duration::from_secs(30);
 
+/// How a request a kill cuts off is named when its response had not gone out whole:
+/// `name_running` takes it back for one whose line says it had.
+const FRONT_GETS_ERROR: &str = "; its front server gets an error";
+
 /// A running worker as the master tracks it.
 struct Worker {
     pid: Pid,
@@ -203,7 +207,7 @@ impl Worker {
         self.name_running(
             board,
             None,
-            &format!("its worker died ({how}) while running it; its front server gets an error"),
+            &format!("its worker died ({how}) while running it{FRONT_GETS_ERROR}"),
             false,
         );
     }
@@ -239,12 +243,24 @@ impl Worker {
                 }
                 _ => String::new(),
             };
+            // What the client got, where the line knows (with --stats).
+            // regression (review 403): a response sent whole, the app still in its
+            // close(), was said to leave its front server with an error.
+            let (what, got) = match line.answered_whole() {
+                Some((status, bytes)) => (
+                    what.strip_suffix(FRONT_GETS_ERROR).unwrap_or(what),
+                    format!(
+                        "; its response had been sent whole ({status}, {bytes} bytes): the client has it"
+                    ),
+                ),
+                None => (what, String::new()),
+            };
             tracing::warn!(
                 pid = raw(self.pid),
                 request = %crate::logging::Untrusted(line.desc().as_bytes()),
                 request_id = %line.request_id(),
                 ran_ms = ran.as_millis() as u64,
-                "request cut off: {what}{too}"
+                "request cut off: {what}{too}{got}"
             );
         }
     }
@@ -2437,8 +2453,6 @@ impl Master {
                 self.fleet(),
             );
             let late = w.late && by_master;
-            self.board
-                .count_exit(if late { Cause::Killed } else { j.cause });
             // A worker that died on its own (a crash: SIGSEGV, SIGABRT, the OOM killer,
             // os._exit) names the requests it was running, as a --timeout kill does:
             // the worker writes no access line for them, and their front server logs
@@ -2459,12 +2473,16 @@ impl Master {
                 w.name_running(
                     &self.board,
                     None,
-                    &format!("its worker ended ({how}) on the SIGTERM the master sent it to finish its requests and leave: SIGTERM's default action was put back (by the app or a C extension?); its front server gets an error"),
+                    &format!("its worker ended ({how}) on the SIGTERM the master sent it to finish its requests and leave: SIGTERM's default action was put back (by the app or a C extension?){FRONT_GETS_ERROR}"),
                     false,
                 );
             }
             // Its counts join the totals; the slot is free for a new worker.
             self.board.release(w.slot);
+            // Last: a reader that sees the exit sees its requests counted.
+            // regression: stats.rs's crash test read the exit, then 2xx not yet there.
+            self.board
+                .count_exit(if late { Cause::Killed } else { j.cause });
             if j.boot_failures > self.boot_failures {
                 self.failed_exit = Some(Instant::now());
             }

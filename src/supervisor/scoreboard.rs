@@ -895,12 +895,9 @@ impl Scoreboard {
             let p = line.protocol.load(Ordering::Relaxed) as usize;
             let protocol = PROTOCOLS.get(p).copied().unwrap_or_default();
             let ns = now.saturating_sub(since);
-            match u16::try_from(line.answered.load(Ordering::Relaxed)) {
-                Ok(status) if status != 0 => {
-                    let bytes = line.answered_bytes.load(Ordering::Relaxed);
-                    line.counters.record_answered(protocol, status, bytes, ns);
-                }
-                _ => line.counters.record_lost(protocol, ns),
+            match line.answered_whole() {
+                Some((status, bytes)) => line.counters.record_answered(protocol, status, bytes, ns),
+                None => line.counters.record_lost(protocol, ns),
             }
         }
     }
@@ -1405,6 +1402,13 @@ impl Line {
     pub fn answered(&self, status: u16, bytes: u64) {
         self.answered_bytes.store(bytes, Ordering::Relaxed);
         self.answered.store(u32::from(status), Ordering::Relaxed);
+    }
+
+    /// The current request's response as [`Line::answered`] marked it sent whole
+    /// (status, bytes); None before that, and without `--stats` (nothing marks it).
+    pub fn answered_whole(&self) -> Option<(u16, u64)> {
+        let status = u16::try_from(self.answered.load(Ordering::Relaxed)).ok()?;
+        (status != 0).then(|| (status, self.answered_bytes.load(Ordering::Relaxed)))
     }
 
     /// The id of the request about to begin (empty: none); before

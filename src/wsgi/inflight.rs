@@ -12,7 +12,7 @@
 //! stores two numbers.
 
 use std::cell::UnsafeCell;
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -49,6 +49,10 @@ pub(super) struct Slot {
     status: AtomicU32,
     /// The body bytes written so far.
     body: AtomicU64,
+    /// The response went out whole (its Content-Length, or no body): a stop that cuts
+    /// the app off after it (in its iterable's `close()`, say) cut nothing the client
+    /// gets.
+    answered: AtomicBool,
     /// Its thread's index in the pool (its scoreboard line), for the metrics of a
     /// request a stop cuts off.
     thread: AtomicUsize,
@@ -78,6 +82,7 @@ impl Slot {
             running: UnsafeCell::new(None),
             status: AtomicU32::new(0),
             body: AtomicU64::new(0),
+            answered: AtomicBool::new(false),
             thread: AtomicUsize::new(0),
         });
         SLOTS
@@ -107,6 +112,7 @@ impl Slot {
         let head = std::mem::replace(head, empty_head());
         self.status.store(0, Ordering::Relaxed);
         self.body.store(0, Ordering::Relaxed);
+        self.answered.store(false, Ordering::Relaxed);
         // SAFETY: IDLE (every `begin` is followed by `end` or `abandon` on this
         // thread): no stop reads it.
         unsafe {
@@ -124,6 +130,11 @@ impl Slot {
     pub(super) fn progress(&self, status: u16, body: u64) {
         self.status.store(u32::from(status), Ordering::Relaxed);
         self.body.store(body, Ordering::Relaxed);
+    }
+
+    /// The response went out whole (after the last [`Slot::progress`]).
+    pub(super) fn answered(&self) {
+        self.answered.store(true, Ordering::Relaxed);
     }
 
     /// Forgets the request [`Slot::begin`] recorded, whose `end` will not come (a panic
@@ -227,6 +238,8 @@ pub fn cut_off(cut: &Cut<'_>) -> usize {
         named += 1;
         let status = u16::try_from(s.status.load(Ordering::Relaxed)).unwrap_or(0);
         let body = s.body.load(Ordering::Relaxed);
+        // Sent whole: what is cut off is the app's work after its response.
+        let answered = status != 0 && s.answered.load(Ordering::Relaxed);
         let ran_ms = r.started.elapsed().as_millis() as u64;
         // Outside the request's span, which `--log-level warn` disables: the line names
         // the request itself (as the master's `name_cut_offs_for` does).
@@ -241,6 +254,16 @@ pub fn cut_off(cut: &Cut<'_>) -> usize {
         let remote = Untrusted(h.get(b"REMOTE_ADDR").unwrap_or(b"-"));
         match cut.why {
             None => {}
+            Some(why) if answered => tracing::warn!(
+                request_id,
+                method = %method,
+                path = %path,
+                remote = %remote,
+                ran_ms,
+                response_status = status,
+                body_bytes = body,
+                "request cut off {why} after its response was sent whole (the client has it): what the app still ran after it (its iterable's close(), say) did not finish"
+            ),
             Some(why) if status == 0 => tracing::warn!(
                 request_id,
                 method = %method,
@@ -280,6 +303,10 @@ pub fn cut_off(cut: &Cut<'_>) -> usize {
                 .any(|l| l.as_str() == id);
         let (status, ending, end) = if late {
             (504, Ending::TimedOut, super::End::Complete(504))
+        } else if answered {
+            // regression (review 403): logged incomplete and counted cut off, while
+            // the client had the whole response.
+            (status, Ending::Complete, super::End::Complete(status))
         } else {
             let ending = match (past, status) {
                 (true, 0) => Ending::TimedOutUnanswered,

@@ -195,9 +195,6 @@ impl State {
     /// regression (probe 396 M1): 832 crashes among 1,954 requests at 1 x 2 moved about
     /// 190 delivered 200s to `status="none"`.
     fn mark_answered(&mut self) {
-        let Some((m, thread)) = &self.monitor else {
-            return;
-        };
         let whole = !self.marked
             && self.accepted
             && self.headers_sent
@@ -205,9 +202,15 @@ impl State {
             && !self.file_short
             && !self.sink.has_pending()
             && (self.head_only() || self.content_length.is_some_and(|cl| self.body_sent >= cl));
-        if whole {
+        if !whole {
+            return;
+        }
+        self.marked = true;
+        if let Some(s) = &self.inflight {
+            s.answered();
+        }
+        if let Some((m, thread)) = &self.monitor {
             m.answered(*thread, self.code, self.head_sent + self.body_sent);
-            self.marked = true;
         }
     }
 
