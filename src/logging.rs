@@ -976,6 +976,13 @@ pub fn report_fatal(message: &str) {
 /// The master calls this for its SIGUSR1; other processes do the same in the handler.
 pub fn reopen() {
     reopen_files();
+    say_reopened();
+}
+
+/// Says how the reopening of the log files went (an error per file that could not be
+/// reopened, else one info line): [`reopen`]'s, and a single process's after its
+/// SIGUSR1 handler reopened them (`crate::stop::logs_reopened`).
+pub fn say_reopened() {
     let Some(logs) = LOGS.get() else { return };
     let mut reopened = false;
     for (i, out) in logs.outputs.iter().enumerate() {
@@ -1532,6 +1539,7 @@ extern "C" fn on_sigusr1(_: libc::c_int) {
     // SAFETY: reading and writing this thread's errno.
     let saved = unsafe { *libc::__errno_location() };
     reopen_files();
+    crate::stop::logs_reopened();
     unsafe { *libc::__errno_location() = saved };
 }
 

@@ -62,6 +62,8 @@ static HUPS: AtomicU32 = AtomicU32::new(0);
 static TTINS: AtomicU32 = AtomicU32::new(0);
 static TTOUS: AtomicU32 = AtomicU32::new(0);
 static USR2S: AtomicU32 = AtomicU32::new(0);
+/// SIGUSR1s whose log reopening a single process has to say ([`logs_reopened`]).
+static REOPENS: AtomicU32 = AtomicU32::new(0);
 /// The worker decided to recycle itself ([`recycle`]).
 static RECYCLE: AtomicBool = AtomicBool::new(false);
 /// The master had marked the worker to leave before it served ([`asked`]).
@@ -438,6 +440,18 @@ fn wake() {
         let saved = *errno;
         libc::write(fd, b"!".as_ptr().cast(), 1);
         *errno = saved;
+    }
+}
+
+/// A single process's SIGUSR1 handler reopened the log files: the server says so
+/// ([`Waiter::on_logs_reopened`]), since the handler cannot log. A worker's reopening
+/// is said by its master. Async-signal-safe: an atomic add and a write to the pipe.
+/// regression (probe 402): a single process said nothing on SIGUSR1, where a master
+/// logs "log files reopened".
+pub fn logs_reopened() {
+    if SINGLE.load(Ordering::SeqCst) {
+        REOPENS.fetch_add(1, Ordering::SeqCst);
+        wake();
     }
 }
 
@@ -986,6 +1000,9 @@ pub struct Waiter {
     /// The first stop was a SIGTERM or SIGINT that the master did not send
     /// ([`Waiter::first_from_elsewhere`]).
     elsewhere: bool,
+    /// [`REOPENS`] as last said, and what says it ([`Waiter::on_logs_reopened`]).
+    reopens: u32,
+    say_reopened: Option<fn()>,
 }
 
 impl Waiter {
@@ -1012,7 +1029,27 @@ impl Waiter {
             first: 0,
             under_master: 0,
             elsewhere: false,
+            reopens: 0,
+            say_reopened: None,
         })
+    }
+
+    /// `say` tells the log that a SIGUSR1 reopened the log files ([`logs_reopened`]),
+    /// while the server waits for its stop and during it.
+    pub fn on_logs_reopened(&mut self, say: fn()) {
+        self.say_reopened = Some(say);
+    }
+
+    /// Says each SIGUSR1's reopening that came since it last looked (several at once:
+    /// one line).
+    fn say_reopens(&mut self) {
+        let n = REOPENS.load(Ordering::SeqCst);
+        if n > self.reopens {
+            self.reopens = n;
+            if let Some(say) = self.say_reopened {
+                say();
+            }
+        }
     }
 
     /// Says the SIGTTINs, SIGTTOUs and SIGUSR2s that came since it last looked, once
@@ -1083,6 +1120,7 @@ impl Waiter {
                 }
             }
             self.say_ignored(single);
+            self.say_reopens();
             let (terms, ints) = (Terms::now(), stop_ints());
             self.first = (terms.all + ints).max(1);
             self.under_master = terms.from_master;
@@ -1134,6 +1172,7 @@ impl Waiter {
     pub async fn second(&mut self) -> &'static str {
         let ints_before = stop_ints();
         loop {
+            self.say_reopens();
             if quit() {
                 return QUIT;
             }

@@ -662,8 +662,9 @@ fn rotate_and_check(workers: usize) {
     );
     let (old_access, old_log) = (logs.join("access.log.1"), logs.join("postern.log.1"));
     assert!(old_access.exists() && old_log.exists(), "rotated");
-    if workers > 1 {
-        // The master reopens at once and says so in the new file.
+    {
+        // The master (--pidfile starts one) reopens at once and says so in the new
+        // file.
         assert!(
             wait_line(&log, "log files reopened (SIGUSR1)", 5).is_some(),
             "{}",
@@ -709,7 +710,9 @@ fn rotate_and_check(workers: usize) {
 }
 
 #[test]
-fn logrotate_then_sigusr1_reopens_the_files_in_a_single_process() {
+fn logrotate_then_sigusr1_reopens_the_files_in_a_master_with_one_worker() {
+    // --pidfile starts a master (a single process without it:
+    // a_single_process_says_it_reopened_its_log_files_on_sigusr1).
     rotate_and_check(1);
 }
 
@@ -1387,4 +1390,25 @@ fn long_lines_from_several_workers_to_one_pipe_arrive_whole() {
             assert_eq!(n, 1, "{want}: {n} lines");
         }
     }
+}
+
+#[test]
+fn a_single_process_says_it_reopened_its_log_files_on_sigusr1() {
+    // regression (probe 402): a single process (no --pidfile, which starts a master)
+    // reopened them in its handler and said nothing, where a master logs the line.
+    let dir = tempdir();
+    let log = dir.path().join("postern.log");
+    let p = Spawn::unix(dir.path(), &app(dir.path()))
+        .args(["--workers", "1"])
+        .log_file(&log)
+        .start();
+    assert!(!read(&log).contains("master started"), "{}", read(&log));
+    std::fs::rename(&log, dir.path().join("postern.log.1")).unwrap();
+    p.signal(libc::SIGUSR1);
+    assert!(
+        wait_line(&log, "log files reopened (SIGUSR1)", 5).is_some(),
+        "{}",
+        read(&dir.path().join("postern.log.1"))
+    );
+    assert_eq!(request(&p, "/after", &[]).status, 200);
 }

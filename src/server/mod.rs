@@ -102,6 +102,7 @@ pub fn run(
         let _runtime = runtime.enter();
         crate::stop::install(single).and_then(|()| crate::stop::Waiter::new())?
     };
+    stops.on_logs_reopened(crate::logging::say_reopened);
     let queue = Queue::new().map_err(ServerError::Runtime)?;
     let tracker = TaskTracker::new();
     let stopping = CancellationToken::new();
