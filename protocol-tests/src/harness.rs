@@ -1157,6 +1157,9 @@ pub fn nginx_bin() -> Option<PathBuf> {
     None
 }
 
+/// The `Host` of the harness's readiness check ([`Nginx::start_site`]).
+const READY_HOST: &str = "postern-harness-ready.invalid";
+
 /// A private nginx: `nginx -p DIR -c DIR/nginx.conf`, stopped by pid on drop.
 pub struct Nginx {
     child: Child,
@@ -1218,6 +1221,13 @@ http {{
     scgi_temp_path {d}/scgi;
     client_max_body_size 100m;
     {site}
+    # The harness's readiness check (last: the site's own server stays the port's
+    # default): the answer proves the port is this nginx's and its worker serves.
+    server {{
+        listen 127.0.0.1:{port};
+        server_name {READY_HOST};
+        location = /__harness_ready {{ return 200 "{d}"; }}
+    }}
 }}
 "#,
             site = site
@@ -1237,7 +1247,10 @@ http {{
             .expect("starting nginx");
         let mut n = Nginx { child, port, dir };
         let deadline = Instant::now() + Duration::from_secs(15);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        // Not a bare connect: one to a port some other process listens on (nginx then
+        // fails to bind it and exits) or to a master whose worker never serves passed
+        // for ready, and the test's first request was reset.
+        while !n.answers_ready(&d) {
             if let Ok(Some(s)) = n.child.try_wait() {
                 let mut err = String::new();
                 if let Some(mut e) = n.child.stderr.take() {
@@ -1257,6 +1270,23 @@ http {{
 
     pub fn error_log(&self) -> String {
         std::fs::read_to_string(self.dir.join("error.log")).unwrap_or_default()
+    }
+
+    /// Whether this nginx answers its readiness location with its own directory `d`.
+    fn answers_ready(&self, d: &str) -> bool {
+        let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.port)) else {
+            return false;
+        };
+        let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+        let req = format!(
+            "GET /__harness_ready HTTP/1.1\r\nHost: {READY_HOST}\r\nConnection: close\r\n\r\n"
+        );
+        if s.write_all(req.as_bytes()).is_err() {
+            return false;
+        }
+        let mut out = Vec::new();
+        let _ = s.read_to_end(&mut out);
+        parse_http(&out).is_some_and(|r| r.status == 200 && r.body == d.as_bytes())
     }
 
     /// Sends a raw HTTP request and returns the raw response.
