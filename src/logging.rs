@@ -984,15 +984,13 @@ pub fn reopen() {
 /// SIGUSR1 handler reopened them (`crate::stop::logs_reopened`).
 pub fn say_reopened() {
     let Some(logs) = LOGS.get() else { return };
-    let mut reopened = false;
     for (i, out) in logs.outputs.iter().enumerate() {
-        if let Kind::File { .. } = out.kind {
-            reopened |= out.reopen_error.load(Ordering::Relaxed) == 0;
-        }
         // The first output is postern's log.
         out.report_reopen_error(i == 0);
     }
-    if reopened {
+    // At least one file reopened (one that could not is said above, or was said by
+    // the line that took its error).
+    if LAST_REOPEN.load(Ordering::Relaxed) >> 32 > 0 {
         tracing::info!("log files reopened (SIGUSR1)");
     }
 }
@@ -1637,8 +1635,16 @@ fn open_log_file(
 
 /// Opens each log file's path again and puts the new file under the old descriptor.
 /// Async-signal-safe: no allocation, no lock.
+/// How the last [`reopen_files`] went: how many files it reopened and how many it could
+/// not, for [`say_reopened`]. Each output's own error is taken (and said) by whichever
+/// thread writes to it next, maybe before `say_reopened` runs.
+/// regression (review 405): a single process said "log files reopened" after a failed
+/// reopen whose error a log line in between had taken.
+static LAST_REOPEN: AtomicU64 = AtomicU64::new(0);
+
 fn reopen_files() {
     let Some(logs) = LOGS.get() else { return };
+    let (mut done, mut failed) = (0u64, 0u64);
     for out in &logs.outputs {
         let Kind::File { c_path, file, .. } = &out.kind else {
             continue;
@@ -1653,9 +1659,11 @@ fn reopen_files() {
                     e.raw_os_error()
                 };
                 out.reopen_error.store(code, Ordering::Relaxed);
+                failed += 1;
                 continue;
             }
         };
+        done += 1;
         // SAFETY: `file`'s descriptor stays open as long as LOGS (never dropped); this
         // copy of it is only the target of dup3 and is never closed (ManuallyDrop).
         let mut target =
@@ -1664,6 +1672,7 @@ fn reopen_files() {
         // `new` then closes the spare descriptor.
         let _ = rustix::io::dup3(&new, &mut target, rustix::io::DupFlags::CLOEXEC);
     }
+    LAST_REOPEN.store(done << 32 | failed, Ordering::Relaxed);
 }
 
 // ---- a request's span, and its fields when the span is off ----

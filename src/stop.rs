@@ -449,7 +449,9 @@ fn wake() {
 /// regression (probe 402): a single process said nothing on SIGUSR1, where a master
 /// logs "log files reopened".
 pub fn logs_reopened() {
-    if SINGLE.load(Ordering::SeqCst) {
+    // SAFETY: getpid(2) cannot fail. A child the app forked (no exec) inherits the
+    // handler and the pipe: its SIGUSR1 is not this server's to say.
+    if SINGLE.load(Ordering::SeqCst) && unsafe { libc::getpid() } == OWNER.load(Ordering::SeqCst) {
         REOPENS.fetch_add(1, Ordering::SeqCst);
         wake();
     }
@@ -1044,7 +1046,7 @@ impl Waiter {
     /// one line).
     fn say_reopens(&mut self) {
         let n = REOPENS.load(Ordering::SeqCst);
-        if n > self.reopens {
+        if n != self.reopens {
             self.reopens = n;
             if let Some(say) = self.say_reopened {
                 say();

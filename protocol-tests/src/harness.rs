@@ -1168,7 +1168,7 @@ pub struct Nginx {
 }
 
 impl Nginx {
-    /// Starts nginx with `server_body` inside its one `server {}` block (the listen
+    /// Starts nginx with `server_body` inside its `server {}` block (the listen
     /// directive is added). `{{DIR}}` in the body is replaced by nginx's directory.
     pub fn start(bin: &Path, parent: &Path, server_body: &str) -> Nginx {
         Self::start_with_http(bin, parent, "", server_body)

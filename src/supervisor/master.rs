@@ -250,7 +250,7 @@ impl Worker {
                 Some((status, bytes)) => (
                     what.strip_suffix(FRONT_GETS_ERROR).unwrap_or(what),
                     format!(
-                        "; its response had been sent whole ({status}, {bytes} bytes): the client has it"
+                        "; its response had been sent whole ({status}, {bytes} bytes with its head): the client has it"
                     ),
                 ),
                 None => (what, String::new()),

@@ -1398,16 +1398,19 @@ impl Line {
     }
 
     /// The current request's response went out whole: `status`, `bytes` (head and
-    /// body). Read by the master only once the worker is gone ([`Scoreboard::count_lost`]).
+    /// body). Read by the master ([`Line::answered_whole`]): to count the request once
+    /// the worker is gone ([`Scoreboard::count_lost`]), and to name one a kill cuts
+    /// off.
     pub fn answered(&self, status: u16, bytes: u64) {
         self.answered_bytes.store(bytes, Ordering::Relaxed);
-        self.answered.store(u32::from(status), Ordering::Relaxed);
+        // Release: a reader that sees the status sees its bytes.
+        self.answered.store(u32::from(status), Ordering::Release);
     }
 
     /// The current request's response as [`Line::answered`] marked it sent whole
     /// (status, bytes); None before that, and without `--stats` (nothing marks it).
     pub fn answered_whole(&self) -> Option<(u16, u64)> {
-        let status = u16::try_from(self.answered.load(Ordering::Relaxed)).ok()?;
+        let status = u16::try_from(self.answered.load(Ordering::Acquire)).ok()?;
         (status != 0).then(|| (status, self.answered_bytes.load(Ordering::Relaxed)))
     }
 

@@ -883,8 +883,10 @@ impl crate::wsgi::Monitor for WorkerMonitor {
         self.served_one();
     }
 
+    // With or without --stats: the master's WARN for a request a worker's death cuts
+    // off says whether its response had gone out whole.
     fn answered(&self, thread: usize, status: u16, bytes: u64) {
-        if self.metrics && thread < self.board.threads {
+        if thread < self.board.threads {
             self.board.line(self.slot, thread).answered(status, bytes);
         }
     }

@@ -134,7 +134,8 @@ impl Slot {
 
     /// The response went out whole (after the last [`Slot::progress`]).
     pub(super) fn answered(&self) {
-        self.answered.store(true, Ordering::Relaxed);
+        // Release: a stop that sees it sees the status and bytes stored before.
+        self.answered.store(true, Ordering::Release);
     }
 
     /// Forgets the request [`Slot::begin`] recorded, whose `end` will not come (a panic
@@ -236,10 +237,12 @@ pub fn cut_off(cut: &Cut<'_>) -> usize {
             continue;
         };
         named += 1;
+        // Sent whole: what is cut off is the app's work after its response. First (the
+        // acquire): the status and bytes stored before it are then seen.
+        let answered = s.answered.load(Ordering::Acquire);
         let status = u16::try_from(s.status.load(Ordering::Relaxed)).unwrap_or(0);
         let body = s.body.load(Ordering::Relaxed);
-        // Sent whole: what is cut off is the app's work after its response.
-        let answered = status != 0 && s.answered.load(Ordering::Relaxed);
+        let answered = answered && status != 0;
         let ran_ms = r.started.elapsed().as_millis() as u64;
         // Outside the request's span, which `--log-level warn` disables: the line names
         // the request itself (as the master's `name_cut_offs_for` does).

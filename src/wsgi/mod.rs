@@ -151,6 +151,13 @@ pub trait Sink: Send + Sync {
     fn finish_is_quick(&self) -> bool {
         false
     }
+    /// A response sent up to its Content-Length (or one with no body) is whole for the
+    /// front server even if this process then leaves without ending it (uwsgi, SCGI:
+    /// the front server has every byte it expects). FastCGI: false, only END_REQUEST
+    /// ends a response ([`State::mark_answered`](response) is not set there).
+    fn whole_at_length(&self) -> bool {
+        true
+    }
     /// The sink still holds bytes it has taken (a writer thread's queue).
     /// While `on`, writes may be the whole response though whether more follows is not
     /// known (an iterator's first chunk): they do not arm what keeps a response under

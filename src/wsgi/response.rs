@@ -191,7 +191,8 @@ impl State {
     /// with a Content-Length, or with no body to send (HEAD, 204, 304): without one,
     /// the front server has it whole only once postern ends it (a clean close,
     /// END_REQUEST), which a crash does not do (review 403: a crash reset such a uwsgi
-    /// response, curl saw it cut short, and it was counted 2xx).
+    /// response, curl saw it cut short, and it was counted 2xx). Never over FastCGI,
+    /// where only END_REQUEST, after `close()`, ends a response (review 405).
     /// regression (probe 396 M1): 832 crashes among 1,954 requests at 1 x 2 moved about
     /// 190 delivered 200s to `status="none"`.
     fn mark_answered(&mut self) {
@@ -201,6 +202,7 @@ impl State {
             && !self.client_gone
             && !self.file_short
             && !self.sink.has_pending()
+            && self.sink.whole_at_length()
             && (self.head_only() || self.content_length.is_some_and(|cl| self.body_sent >= cl));
         if !whole {
             return;

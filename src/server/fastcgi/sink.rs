@@ -676,6 +676,12 @@ impl Sink for FcgiSink {
         super::crash::serving(self);
     }
 
+    // Only its END_REQUEST ends a response: nginx with fastcgi_keep_conn waits for
+    // it, and takes a connection closed before it for an upstream error.
+    fn whole_at_length(&self) -> bool {
+        false
+    }
+
     fn write_all(&mut self, data: &[u8]) -> io::Result<()> {
         self.check()?;
         self.under_way();
