@@ -1633,8 +1633,6 @@ fn open_log_file(
     Err(Errno::LOOP)
 }
 
-/// Opens each log file's path again and puts the new file under the old descriptor.
-/// Async-signal-safe: no allocation, no lock.
 /// How the last [`reopen_files`] went: how many files it reopened and how many it could
 /// not, for [`say_reopened`]. Each output's own error is taken (and said) by whichever
 /// thread writes to it next, maybe before `say_reopened` runs.
@@ -1642,6 +1640,8 @@ fn open_log_file(
 /// reopen whose error a log line in between had taken.
 static LAST_REOPEN: AtomicU64 = AtomicU64::new(0);
 
+/// Opens each log file's path again and puts the new file under the old descriptor.
+/// Async-signal-safe: no allocation, no lock.
 fn reopen_files() {
     let Some(logs) = LOGS.get() else { return };
     let (mut done, mut failed) = (0u64, 0u64);

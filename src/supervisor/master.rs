@@ -243,7 +243,8 @@ impl Worker {
                 }
                 _ => String::new(),
             };
-            // What the client got, where the line knows (with --stats).
+            // What the client got, where the line knows (uwsgi, SCGI: a FastCGI
+            // response is never marked, only its END_REQUEST ends it).
             // regression (review 403): a response sent whole, the app still in its
             // close(), was said to leave its front server with an error.
             let (what, got) = match line.answered_whole() {

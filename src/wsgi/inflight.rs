@@ -257,16 +257,6 @@ pub fn cut_off(cut: &Cut<'_>) -> usize {
         let remote = Untrusted(h.get(b"REMOTE_ADDR").unwrap_or(b"-"));
         match cut.why {
             None => {}
-            Some(why) if answered => tracing::warn!(
-                request_id,
-                method = %method,
-                path = %path,
-                remote = %remote,
-                ran_ms,
-                response_status = status,
-                body_bytes = body,
-                "request cut off {why} after its response was sent whole (the client has it): what the app still ran after it (its iterable's close(), say) did not finish"
-            ),
             Some(why) if status == 0 => tracing::warn!(
                 request_id,
                 method = %method,
@@ -275,16 +265,23 @@ pub fn cut_off(cut: &Cut<'_>) -> usize {
                 ran_ms,
                 "request cut off {why}: the app still ran it, and its response had not started (its front server gets an error)"
             ),
-            Some(why) => tracing::warn!(
-                request_id,
-                method = %method,
-                path = %path,
-                remote = %remote,
-                ran_ms,
-                response_status = status,
-                body_bytes = body,
-                "request cut off {why}: the app still ran it; its head and {body} body bytes were sent, the rest never will be (the response is incomplete)"
-            ),
+            Some(why) => {
+                let what = if answered {
+                    format!("request cut off {why} after its response was sent whole (the client has it): what the app still ran after it (its iterable's close(), say) did not finish")
+                } else {
+                    format!("request cut off {why}: the app still ran it; its head and {body} body bytes were sent, the rest never will be (the response is incomplete)")
+                };
+                tracing::warn!(
+                    request_id,
+                    method = %method,
+                    path = %path,
+                    remote = %remote,
+                    ran_ms,
+                    response_status = status,
+                    body_bytes = body,
+                    "{what}"
+                )
+            }
         }
         use crate::logging::Ending;
         // regression (review 387): matched by id alone, a request that shared a
