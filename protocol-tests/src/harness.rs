@@ -116,6 +116,76 @@ pub fn children(master: i32) -> Vec<i32> {
 
 /// Whether process `pid` is gone, or a zombie its parent has not reaped yet (a worker
 /// whose master died waits for whoever adopted it).
+/// Processes held by pidfds (pidfd_open(2)): watched and signalled without their pids,
+/// which the kernel may give to another process once they are reaped (orphaned
+/// workers are reaped by init, and pid_max is 32768 on small machines: a kill by pid
+/// could then hit another test's nginx). Open them while they are certainly not reaped
+/// yet (children of a live master).
+pub struct Held(Vec<(i32, std::os::fd::OwnedFd)>);
+
+impl Held {
+    pub fn new(pids: &[i32]) -> Held {
+        use std::os::fd::FromRawFd;
+        Held(
+            pids.iter()
+                .filter_map(|&pid| {
+                    // SAFETY: pidfd_open(2): a pid and no flags; a new descriptor or -1.
+                    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+                    // Gone already is fine (ESRCH); a kernel without pidfds is not.
+                    let e = std::io::Error::last_os_error().raw_os_error();
+                    assert!(fd >= 0 || e != Some(libc::ENOSYS), "pidfd_open: {e:?}");
+                    // SAFETY: a descriptor pidfd_open just returned, ours alone.
+                    (fd >= 0)
+                        .then(|| (pid, unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) }))
+                })
+                .collect(),
+        )
+    }
+
+    /// The ones that have not exited (a zombie has: its pidfd reads ready).
+    pub fn left(&self) -> Vec<i32> {
+        use std::os::fd::AsRawFd;
+        self.0
+            .iter()
+            .filter(|(_, fd)| {
+                let mut p = libc::pollfd {
+                    fd: fd.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                };
+                // SAFETY: one pollfd of ours, no wait.
+                let ready = unsafe { libc::poll(&mut p, 1, 0) };
+                ready == 0
+            })
+            .map(|(pid, _)| *pid)
+            .collect()
+    }
+
+    /// Waits up to `secs` for all to exit, SIGKILLs those still there (through their
+    /// pidfds) and returns them.
+    pub fn wait_then_kill(&self, secs: u64) -> Vec<i32> {
+        use std::os::fd::AsRawFd;
+        wait_until(secs, || self.left().is_empty());
+        let left = self.left();
+        for (pid, fd) in &self.0 {
+            if left.contains(pid) {
+                // SAFETY: pidfd_send_signal(2) on our pidfd; a process that exited
+                // meanwhile gets nothing (ESRCH), never another one.
+                unsafe {
+                    libc::syscall(
+                        libc::SYS_pidfd_send_signal,
+                        fd.as_raw_fd(),
+                        libc::SIGKILL,
+                        std::ptr::null::<libc::siginfo_t>(),
+                        0,
+                    )
+                };
+            }
+        }
+        left
+    }
+}
+
 pub fn gone(pid: i32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .map(|s| {

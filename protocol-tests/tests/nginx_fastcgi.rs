@@ -812,6 +812,7 @@ fn kept_connections_are_answered_or_closed_at_once_when_the_master_is_killed() {
     });
     let workers = children(s.postern.pid());
     assert_eq!(workers.len(), 2, "{}", s.postern.logs());
+    let held = Held::new(&workers);
     s.postern.signal(libc::SIGKILL);
     assert!(s.postern.wait_exit(5).is_some(), "the master did not die");
     assert!(
@@ -830,12 +831,7 @@ fn kept_connections_are_answered_or_closed_at_once_when_the_master_is_killed() {
         .nginx
         .request("POST", "/echo", &[], b"after the master died");
     let second = t.elapsed();
-    wait_until(5, || workers.iter().all(|&w| gone(w)));
-    let left: Vec<i32> = workers.iter().copied().filter(|&w| !gone(w)).collect();
-    for &w in &left {
-        // SAFETY: kill(2) on a worker this test's postern started.
-        unsafe { libc::kill(w, libc::SIGKILL) };
-    }
+    let left = held.wait_then_kill(5);
     let logs = || {
         format!(
             "{}\n---- nginx ----\n{}",
@@ -1072,7 +1068,7 @@ fn master_dies_during_the_hand_over(bin: &std::path::Path) -> Result<(), String>
         "{}",
         s.postern.logs()
     );
-    let workers = children(s.postern.pid());
+    let held = Held::new(&children(s.postern.pid()));
     // Sent on kept connections nobody reads yet.
     let (get, post) = std::thread::scope(|sc| {
         let get = sc.spawn(|| s.nginx.get("/"));
@@ -1083,12 +1079,7 @@ fn master_dies_during_the_hand_over(bin: &std::path::Path) -> Result<(), String>
         std::fs::write(s.dir.path().join("gate"), b"").unwrap();
         (get.join().unwrap(), post.join().unwrap())
     });
-    wait_until(10, || workers.iter().all(|&w| gone(w)));
-    let left: Vec<i32> = workers.iter().copied().filter(|&w| !gone(w)).collect();
-    for &w in &left {
-        // SAFETY: kill(2) on a worker this test's postern started.
-        unsafe { libc::kill(w, libc::SIGKILL) };
-    }
+    let left = held.wait_then_kill(10);
     let logs = || {
         format!(
             "{}\n---- nginx ----\n{}",

@@ -508,14 +508,10 @@ fn reload_storm_kills_the_workers_of_superseded_generations() {
 /// `pids` is gone within `secs`; those still running then are SIGKILLed first, so that
 /// no test leaves a worker behind.
 fn kill_master(p: &mut Postern, pids: &[i32], secs: u64) {
+    let held = Held::new(pids);
     p.signal(libc::SIGKILL);
     let _ = p.wait_exit(5);
-    wait_until(secs, || pids.iter().all(|&w| gone(w)));
-    let left: Vec<i32> = pids.iter().copied().filter(|&w| !gone(w)).collect();
-    for &w in &left {
-        // SAFETY: kill(2) on a worker this test's postern started.
-        unsafe { libc::kill(w, libc::SIGKILL) };
-    }
+    let left = held.wait_then_kill(secs);
     assert!(
         left.is_empty(),
         "{left:?} outlived the master\n{}",
@@ -891,6 +887,7 @@ fn a_request_on_a_leaving_worker_is_answered_after_its_master_is_killed() {
         p.logs()
     );
     let pids = children(p.pid());
+    let held = Held::new(&pids);
     p.signal(libc::SIGKILL);
     let _ = p.wait_exit(5);
     // The new worker, idle, is gone once it learns that its master is: by then the
@@ -901,14 +898,7 @@ fn a_request_on_a_leaving_worker_is_answered_after_its_master_is_killed() {
     std::thread::sleep(Duration::from_millis(200));
     std::fs::write(&go, b"").unwrap();
     let answer = parse_http(&request.join().unwrap());
-    let left: Vec<i32> = {
-        wait_until(10, || pids.iter().all(|&w| gone(w)));
-        pids.iter().copied().filter(|&w| !gone(w)).collect()
-    };
-    for &w in &left {
-        // SAFETY: kill(2) on a worker this test's postern started.
-        unsafe { libc::kill(w, libc::SIGKILL) };
-    }
+    let left = held.wait_then_kill(10);
     assert_eq!(
         answer.map(|r| r.body),
         Some(old[0].to_string().into_bytes()),
@@ -1150,7 +1140,7 @@ fn new_connections_are_refused_once_the_master_of_leaving_workers_is_killed() {
         "{}",
         p.logs()
     );
-    let pids = children(p.pid());
+    let held = Held::new(&children(p.pid()));
     p.signal(libc::SIGKILL);
     let _ = p.wait_exit(5);
     let refused = wait_until(
@@ -1159,11 +1149,8 @@ fn new_connections_are_refused_once_the_master_of_leaving_workers_is_killed() {
     );
     std::fs::write(&go, b"").unwrap();
     let answer = parse_http(&request.join().unwrap());
-    for &w in pids.iter().filter(|&&w| !gone(w)) {
-        // SAFETY: kill(2) on a worker this test's postern started (the successor
-        // still importing).
-        unsafe { libc::kill(w, libc::SIGKILL) };
-    }
+    // The successor still importing.
+    held.wait_then_kill(0);
     assert!(refused, "a connect still succeeds\n{}", p.logs());
     assert_eq!(
         answer.map(|r| r.body),
