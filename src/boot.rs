@@ -557,14 +557,18 @@ pub fn warn_if_front_server_locked_out(config: &Config, addr: &ListenAddr) {
     } else {
         format!("--socket-mode 660 --socket-owner {group_hint} (the front server's group), or --socket-mode 666 (any local user may connect)")
     };
+    let umask = config.opts.umask.map_or_else(
+        || "the umask".to_owned(),
+        |m| format!("--umask {:03o}", m.0),
+    );
     let from = match (
         config.opts.socket_mode.is_some(),
         config.socket_owner.is_some(),
     ) {
-        (false, false) => "from the umask (no --socket-mode or --socket-owner)",
-        (true, false) => "from --socket-mode (no --socket-owner)",
-        (false, true) => "with --socket-owner, the mode from the umask (no --socket-mode)",
-        (true, true) => "from --socket-mode and --socket-owner",
+        (false, false) => format!("from {umask} (no --socket-mode or --socket-owner)"),
+        (true, false) => "from --socket-mode (no --socket-owner)".to_owned(),
+        (false, true) => format!("with --socket-owner, the mode from {umask} (no --socket-mode)"),
+        (true, true) => "from --socket-mode and --socket-owner".to_owned(),
     };
     tracing::warn!(
         listener = %addr,

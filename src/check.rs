@@ -5,7 +5,7 @@
 //! them (no socket file is left behind; systemd's sockets are reported, not bound; one
 //! in use, by a running server as on a live host before a reload, is a note), and
 //! prints what would run. Output goes to stdout; the error returned names every failure
-//! (the app's import stops the check first).
+//! (a failed import of the app among them: the check goes on past it).
 
 use std::io::Write as _;
 use std::time::Instant;
@@ -39,14 +39,31 @@ pub fn run(config: &Config) -> Result<(), CheckError> {
         "  options: ok (postern --print-config shows each value and its source)"
     );
     let _ = out.flush();
+    if let Some(m) = config.opts.umask {
+        let _ = writeln!(
+            out,
+            "  umask: {:03o} (the files and sockets postern and the app create)",
+            m.0
+        );
+    }
     let started = Instant::now();
-    import_in_child(config)?;
-    let _ = writeln!(
-        out,
-        "  app: {} imported in {:.2}s (in a child process)",
-        config.app,
-        started.elapsed().as_secs_f64()
-    );
+    // A failed import does not stop the check: the listeners and files are still
+    // tried, so that one run names everything to mend (as `nginx -t` goes on).
+    let imported = import_in_child(config);
+    match &imported {
+        Ok(()) => {
+            let _ = writeln!(
+                out,
+                "  app: {} imported in {:.2}s (in a child process)",
+                config.app,
+                started.elapsed().as_secs_f64()
+            );
+        }
+        Err(e) => {
+            let _ = writeln!(out, "  app: {}: FAILED: {e}", config.app);
+        }
+    }
+    let _ = out.flush();
     // Every listener stays bound until the end, as in a start: two that cannot be
     // bound together (`0.0.0.0:P` and `127.0.0.1:P`) fail here too.
     let opts = crate::boot::socket_options(config);
@@ -174,6 +191,11 @@ pub fn run(config: &Config) -> Result<(), CheckError> {
         let (nginx, apache) = listener::front_server_lines(p.protocol, &p.addr);
         let _ = writeln!(out, "    nginx:  {nginx}");
         let _ = writeln!(out, "    Apache: {apache}");
+    }
+    match imported {
+        Err(e) if failed.is_empty() => return Err(e),
+        Err(e) => failed.insert(0, format!("{}: {e}", config.app)),
+        Ok(()) => {}
     }
     if !failed.is_empty() {
         return Err(CheckError::Failed(failed.join("; ")));

@@ -153,6 +153,12 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // First, so that everything postern creates takes it: the log files, the pidfile,
+    // a Unix socket without --socket-mode (its bind sets its own umask around it and
+    // restores this one), and, inherited by the workers, the app's files.
+    if let Some(m) = config.opts.umask {
+        rustix::process::umask(rustix::fs::Mode::from_bits_truncate(m.0));
+    }
     if cli.check {
         return match postern::check::run(&config) {
             Ok(()) => ExitCode::SUCCESS,

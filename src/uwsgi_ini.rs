@@ -346,6 +346,7 @@ const KEY_ORDER: &[&str] = &[
     "read-timeout",
     "socket-mode",
     "socket-owner",
+    "umask",
     "listen-backlog",
     "buffer-size",
     "body-spool-threshold",
@@ -1368,9 +1369,18 @@ impl<'a> Mapper<'a> {
             "max-fd" => Outcome::Ignored(
                 "set the open-files limit where postern starts (systemd LimitNOFILE=, or ulimit -n)".into(),
             ),
-            "umask" => Outcome::Ignored(
-                "set the umask where postern starts (systemd UMask=); socket-mode sets the sockets' permissions".into(),
-            ),
+            // uWSGI reads it with strtol(value, 8): `022`, `22` and `0022` alike.
+            "umask" => match numeric(v) {
+                m if (1..=4).contains(&m.len())
+                    && m.bytes().all(|b| (b'0'..=b'7').contains(&b))
+                    && u32::from_str_radix(m, 8).is_ok_and(|n| n <= 0o777) =>
+                {
+                    let n = u32::from_str_radix(m, 8).unwrap_or_default();
+                    self.set(i, "umask", toml::Value::String(format!("{n:03o}")));
+                    Self::carried(&["umask"])
+                }
+                m => Outcome::Refused(format!("{m:?} is not an octal umask like 022")),
+            },
             "master-fifo" => Outcome::Ignored(
                 "postern is driven by signals to the master: SIGHUP reloads, SIGTERM stops gracefully, SIGTTIN/SIGTTOU add or remove a worker, SIGUSR1 reopens the logs. A deploy step that writes to the FIFO (echo r > FIFO) now only makes a plain file and reloads nothing: replace it with kill -HUP $(cat PIDFILE) (with pidfile =) or systemctl reload".into(),
             ),
@@ -1889,6 +1899,7 @@ fn value_key(uwsgi: &str) -> Option<&'static str> {
         "socket-timeout" => "read-timeout",
         "chmod-socket" | "chmod" => "socket-mode",
         "chown-socket" => "socket-owner",
+        "umask" => "umask",
         _ => return None,
     })
 }

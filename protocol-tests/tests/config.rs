@@ -321,6 +321,97 @@ fn check_fails_when_a_file_cannot_be_written() {
     assert!(!missing.exists());
 }
 
+// probe 401: a failed import stopped the check, so a second run was needed to learn
+// of the pidfile's missing directory.
+#[test]
+fn check_goes_on_past_an_app_that_does_not_import() {
+    let dir = tempdir();
+    let app = dir.path().join("broken.py");
+    std::fs::write(&app, "raise RuntimeError('boom at import')\n").unwrap();
+    let missing = dir.path().join("no-such-dir");
+    let out = postern()
+        .arg(&app)
+        .arg("--check")
+        .arg("--uwsgi")
+        .arg(format!("unix:{}", dir.path().join("s.sock").display()))
+        .arg("--pidfile")
+        .arg(missing.join("postern.pid"))
+        .output()
+        .unwrap();
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{stdout}\n{stderr}");
+    assert!(stderr.contains("RuntimeError: boom at import"), "{stderr}");
+    assert!(stdout.contains("app: "), "{stdout}");
+    assert!(
+        stdout.contains(": FAILED: the app cannot be started"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("can be bound"), "{stdout}");
+    let last = stderr.lines().last().unwrap_or_default();
+    assert!(
+        last.contains("the app cannot be started")
+            && last.contains(&format!(
+                "the directory {} does not exist",
+                missing.display()
+            )),
+        "one line names both failures: {stderr}"
+    );
+    assert!(!stdout.contains("configuration OK"));
+}
+
+/// `--umask` is set before postern creates anything: its log file and pidfile, a Unix
+/// socket without `--socket-mode`, and (inherited by the workers) the app's files.
+#[test]
+fn the_umask_applies_to_what_postern_and_the_app_create() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempdir();
+    let made = dir.path().join("made-by-the-app");
+    let app = dir.path().join("maker.py");
+    std::fs::write(
+        &app,
+        format!(
+            "def application(environ, start_response):\n    open({:?}, 'w').write('x')\n    start_response('200 OK', [('Content-Length', '2')])\n    return [b'ok']\n",
+            made.display().to_string()
+        ),
+    )
+    .unwrap();
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    let log = dir.path().join("postern.log");
+    let pidfile = dir.path().join("postern.pid");
+    let p = Spawn::tcp(dir.path(), &app.display().to_string())
+        .args(["--workers", "2", "--umask", "077", "--pidfile"])
+        .arg(pidfile.display().to_string())
+        .log_file(&log)
+        .start();
+    assert_eq!(p.get("/").0, 200, "{}", p.logs());
+    assert_eq!(mode(&made), 0o600, "the app's file");
+    assert_eq!(mode(&log), 0o600, "the log file");
+    assert_eq!(mode(&pidfile), 0o600, "the pidfile");
+    drop(p);
+    // A Unix socket without --socket-mode takes it too, and the warning names it.
+    let sock = dir.path().join("u.sock");
+    let err = dir.path().join("stderr.txt");
+    let mut child = postern()
+        .arg(&app)
+        .args(["--umask", "027", "--uwsgi"])
+        .arg(format!("unix:{}", sock.display()))
+        .stderr(std::fs::File::create(&err).unwrap())
+        .spawn()
+        .unwrap();
+    let stderr = || std::fs::read_to_string(&err).unwrap_or_default();
+    let warned = wait_until(20, || stderr().contains("the socket has mode"));
+    let sock_mode = sock.exists().then(|| mode(&sock));
+    let _ = child.kill();
+    let _ = child.wait();
+    let stderr = stderr();
+    assert!(warned, "{stderr}");
+    assert_eq!(sock_mode, Some(0o750), "{stderr}");
+    assert!(
+        stderr.contains("the socket has mode 0750, owner") && stderr.contains("from --umask 027"),
+        "{stderr}"
+    );
+}
+
 /// regression: a relative --venv was looked up after --chdir ("cannot read
 /// .venv/pyvenv.cfg"); relative paths are from where postern was started.
 #[test]

@@ -76,8 +76,11 @@ fn gunicorns_options_are_said_in_posterns_words_with_their_values() {
             &["the same with postern: postern --uid www-data --gid www-data app:app\n"],
         ),
         (
-            &["-w", "2", "--umask", "007", "app:app"],
-            &["--socket-mode", "UMask="],
+            &["-w", "2", "-m", "23", "app:app"],
+            &[
+                "`-m 23` is gunicorn's: postern says `--umask 027`",
+                "the same with postern: postern --workers 2 --umask 027 app:app\n",
+            ],
         ),
         // regression (review2 LOW): gunicorn's tcp:// and unix:// forms.
         (
@@ -134,7 +137,7 @@ fn no_look_alike_tip_for_a_gunicorn_option() {
         &["--backlog", "2048"],
         &["--error-logfile", "-"],
         &["--statsd-host", "h:8125"],
-        &["--umask", "007", "-D"],
+        &["-m", "007", "-D"],
         &["-c", "gunicorn.conf.py"],
         &["-e", "A=1"],
         &["-D"],
@@ -191,8 +194,8 @@ fn a_short_flag_of_both_gunicorn_and_uwsgi_is_read_from_its_value() {
             "`-t 30` is gunicorn's and uWSGI's: postern says `--timeout 30`",
         ),
         (
-            &["--umask", "007", "app:app"],
-            "`--umask 007` is gunicorn's and uWSGI's: postern has no such option; --socket-mode",
+            &["-m", "0o027", "app:app"],
+            "`-m 0o027` is gunicorn's: postern says `--umask 027`",
         ),
         // Beside another uWSGI option, it is uWSGI's.
         (&["-t", "30", "--processes", "2", "app:app"], "`-t 30` is uWSGI's"),

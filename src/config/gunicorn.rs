@@ -167,6 +167,25 @@ enum Says {
     Cannot(String),
 }
 
+/// gunicorn's `umask` value as it reads it (`int(value, 0)`, a leading `0` before a
+/// digit taken as octal: `0o027`, `0027` and `23` are one mask), within 0..=0o777.
+fn umask(value: &str) -> Option<u32> {
+    let v = value.trim().to_ascii_lowercase();
+    let (digits, radix) = [("0o", 8), ("0x", 16), ("0b", 2)]
+        .iter()
+        .find_map(|(p, r)| v.strip_prefix(p).map(|d| (d, *r)))
+        .unwrap_or_else(|| match v.strip_prefix('0') {
+            Some(d) if !d.is_empty() => (d, 8),
+            _ => (v.as_str(), 10),
+        });
+    if digits.starts_with(['+', '-']) {
+        return None;
+    }
+    u32::from_str_radix(digits, radix)
+        .ok()
+        .filter(|&m| m <= 0o777)
+}
+
 /// The rest of the line, where it decides what a value means.
 #[derive(Default)]
 struct Line {
@@ -239,9 +258,16 @@ fn says(setting: &str, value: &str, line: &Line) -> Says {
         ),
         "user" => with("--uid"),
         "group" => with("--gid"),
-        "umask" => Says::Nothing(
-            "--socket-mode OCTAL sets the Unix sockets' permissions; for files the app creates, systemd's UMask= (or `umask` in the shell that starts postern)".into(),
-        ),
+        "umask" => match umask(value) {
+            Some(m) => Says::Postern(
+                words(&["--umask", &format!("{m:03o}")]),
+                Some("postern's --umask is octal (gunicorn reads int(value, 0): 23 is 027); without --socket-mode the Unix sockets take it too".into()),
+            ),
+            None => Says::Cannot(format!(
+                "{} is not a umask from 0 to 0o777 (gunicorn reads 0o027, 0027 or 23 alike): give postern --umask with octal digits, e.g. --umask 027",
+                quoted(value)
+            )),
+        },
         "initgroups" => Says::NotNeeded(
             "postern sets the --uid user's supplementary groups when it drops privileges".into(),
         ),
@@ -729,7 +755,6 @@ const MARKS: &[&str] = &[
     "forwarded_allow_ips",
     "backlog",
     "daemon",
-    "umask",
     "user",
     "group",
     "reload",
@@ -2184,6 +2209,38 @@ mod tests {
         )
         .unwrap();
         assert!(!m.toml.contains("uwsgi ="), "{}", m.toml);
+    }
+
+    #[test]
+    fn a_umask_is_read_as_gunicorn_reads_it_and_written_in_octal() {
+        for (v, m) in [
+            ("0o027", 0o27),
+            ("0027", 0o27),
+            ("23", 0o27),
+            ("0", 0),
+            ("0x1ff", 0o777),
+        ] {
+            assert_eq!(umask(v), Some(m), "{v}");
+        }
+        for v in ["0o1000", "-7", "abc", "", "0o"] {
+            assert_eq!(umask(v), None, "{v}");
+        }
+        let m = translate(
+            Path::new("gunicorn.conf.py"),
+            "umask = 0o027
+workers = 2
+",
+        )
+        .unwrap();
+        assert!(m.toml.contains("umask = \"027\""), "{}", m.toml);
+        let m = translate(
+            Path::new("gunicorn.conf.py"),
+            "umask = 23
+workers = 2
+",
+        )
+        .unwrap();
+        assert!(m.toml.contains("umask = \"027\""), "{}", m.toml);
     }
 
     #[test]

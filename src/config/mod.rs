@@ -326,6 +326,13 @@ pub struct Options {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub socket_owner: Option<String>,
 
+    /// The umask, octal (e.g. 027): set first, so the log files, the pidfile, a Unix
+    /// socket without --socket-mode and the files the app creates take it (default:
+    /// the umask postern was started with).
+    #[arg(long, value_name = "OCTAL", env = "POSTERN_UMASK")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub umask: Option<Mode>,
+
     /// Largest request head accepted, in bytes (4 to 65535, the uwsgi protocol's maximum).
     #[arg(
         long,
@@ -1390,7 +1397,7 @@ fn load_file(path: &Path) -> Result<toml::Table, ConfigError> {
         path: path.to_owned(),
         message: toml_error_at(&text, &e),
     })?;
-    socket_mode_as_written(&text, &mut table);
+    modes_as_written(&text, &mut table);
     env_as_written(&text, &mut table);
     let known: Vec<String> = option_keys().into_iter().map(|(k, _)| k).collect();
     // Each with what it may have meant: a key written with `_`, or uWSGI's name.
@@ -1530,33 +1537,39 @@ fn env_as_written(text: &str, table: &mut toml::Table) {
     }
 }
 
-/// `socket-mode` given as a TOML integer becomes the octal text it stands for. A mode
-/// is octal text everywhere else (`--socket-mode 660`), so an unquoted `660` means
-/// 0o660 (as `chmod 660` does); but TOML's own `0o660` is the integer 432, whose text
-/// would read as mode 0o432. The table has lost how the number was written, so it is
-/// looked up in the source: `0o`, `0x` and `0b` literals are numbers, decimal ones the
-/// octal digits typed.
-fn socket_mode_as_written(text: &str, table: &mut toml::Table) {
+/// `socket-mode` or `umask` given as a TOML integer becomes the octal text it stands
+/// for. A mode is octal text everywhere else (`--socket-mode 660`), so an unquoted
+/// `660` means 0o660 (as `chmod 660` does); but TOML's own `0o660` is the integer 432,
+/// whose text would read as mode 0o432. The table has lost how the number was written,
+/// so it is looked up in the source: `0o`, `0x` and `0b` literals are numbers, decimal
+/// ones the octal digits typed (`umask = 27` is 027: TOML refuses a leading zero).
+fn modes_as_written(text: &str, table: &mut toml::Table) {
     #[derive(serde::Deserialize)]
     struct Written {
         #[serde(rename = "socket-mode")]
         socket_mode: Option<toml::Spanned<toml::Value>>,
+        umask: Option<toml::Spanned<toml::Value>>,
     }
-    let Ok(Written {
-        socket_mode: Some(mode),
-    }) = toml::from_str::<Written>(text)
-    else {
+    let Ok(written) = toml::from_str::<Written>(text) else {
         return;
     };
-    let toml::Value::Integer(n) = *mode.get_ref() else {
-        return;
-    };
-    let literal = text
-        .get(mode.span())
-        .unwrap_or_default()
-        .trim_start_matches('+');
-    if ["0o", "0x", "0b"].iter().any(|p| literal.starts_with(p)) {
-        table.insert("socket-mode".into(), toml::Value::String(format!("{n:o}")));
+    for (key, mode) in [
+        ("socket-mode", written.socket_mode),
+        ("umask", written.umask),
+    ] {
+        let Some(mode) = mode else {
+            continue;
+        };
+        let toml::Value::Integer(n) = *mode.get_ref() else {
+            continue;
+        };
+        let literal = text
+            .get(mode.span())
+            .unwrap_or_default()
+            .trim_start_matches('+');
+        if ["0o", "0x", "0b"].iter().any(|p| literal.starts_with(p)) {
+            table.insert(key.into(), toml::Value::String(format!("{n:o}")));
+        }
     }
 }
 
@@ -2243,6 +2256,26 @@ mod tests {
                 .and_then(|c| c.opts.socket_mode);
             assert_eq!(got, mode.map(Mode), "socket-mode = {written}");
         }
+    }
+
+    #[test]
+    fn a_toml_umask_means_what_was_written() {
+        for (written, mode) in [
+            ("0o027", Some(0o27)),
+            ("27", Some(0o27)),
+            ("\"0027\"", Some(0o27)),
+            ("\"077\"", Some(0o77)),
+            ("0o1000", None),
+        ] {
+            let (_d, f) = file(&format!("app = \"a:app\"\numask = {written}\n"));
+            let got = layered(&["--config", &f])
+                .and_then(|l| Config::resolve(&l, None))
+                .ok()
+                .and_then(|c| c.opts.umask);
+            assert_eq!(got, mode.map(Mode), "umask = {written}");
+        }
+        let c = Config::resolve(&layered(&["a:app", "--umask", "007"]).unwrap(), None).unwrap();
+        assert_eq!(c.opts.umask, Some(Mode(0o7)));
     }
 
     #[test]

@@ -27,6 +27,7 @@ pub const RESTART_ONLY: &[(&str, &str)] = &[
     ("scgi", "the listeners are bound once"),
     ("socket-mode", "the listeners are bound once"),
     ("socket-owner", "the listeners are bound once"),
+    ("umask", "the umask is set once, at the start"),
     ("listen-backlog", "the listeners are bound once"),
     ("stats", "the --stats endpoint is bound once"),
     ("uid", "privileges are dropped once"),
@@ -438,6 +439,7 @@ fn keep_restart_only(next: &mut Config, current: &Config, preloaded: bool, threa
     n.scgi.clone_from(&c.scgi);
     n.socket_mode = c.socket_mode;
     n.socket_owner.clone_from(&c.socket_owner);
+    n.umask = c.umask;
     n.listen_backlog = c.listen_backlog;
     n.stats.clone_from(&c.stats);
     n.uid.clone_from(&c.uid);

@@ -942,6 +942,31 @@ fn migrate_says_when_the_app_is_missing() {
 }
 
 #[test]
+fn a_umask_is_carried_as_uwsgi_reads_it_in_octal() {
+    for (v, want) in [
+        ("022", "022"),
+        ("22", "022"),
+        ("0027", "027"),
+        ("007 ; tight", "007"),
+    ] {
+        let t = tr(&format!("module = m\numask = {v}"));
+        assert_eq!(
+            get(&t, "umask"),
+            Some(&toml::Value::String(want.into())),
+            "{v}"
+        );
+    }
+    for v in ["abc", "0999", "1777", ""] {
+        let t = tr(&format!("module = m\numask = {v}"));
+        assert!(
+            matches!(outcome(&t, "umask"), Outcome::Refused(_)),
+            "{v}: {:?}",
+            outcome(&t, "umask")
+        );
+    }
+}
+
+#[test]
 fn summarises_where_the_lines_went() {
     let t = tr("module = m\nvacuum = true\nbase = x\nchdir = %(base)\nplugin = router_static\ncpu-affinity = 1\nhttp = :80");
     assert_eq!(
