@@ -1264,6 +1264,19 @@ impl Nginx {
     /// Starts nginx with `site` at `http {}` level: upstreams and a `server {}` that
     /// listens on `{{PORT}}` (replaced by a free port; `{{DIR}}` by nginx's directory).
     pub fn start_site(bin: &Path, parent: &Path, site: &str) -> Nginx {
+        // The free port is released before nginx binds it, so another process may take
+        // it in between: nginx then exits with "Address already in use", and a new
+        // port is tried (a few times, then the test fails with nginx's words).
+        for _ in 0..4 {
+            if let Some(n) = Self::try_start_site(bin, parent, site) {
+                return n;
+            }
+        }
+        Self::try_start_site(bin, parent, site).expect("nginx: every port tried was taken")
+    }
+
+    /// [`Nginx::start_site`] on one free port; `None` when nginx could not bind it.
+    fn try_start_site(bin: &Path, parent: &Path, site: &str) -> Option<Nginx> {
         let port = free_port();
         let dir = parent.join(format!("nginx-{port}"));
         std::fs::create_dir_all(&dir).unwrap();
@@ -1326,7 +1339,15 @@ http {{
                 if let Some(mut e) = n.child.stderr.take() {
                     let _ = e.read_to_string(&mut err);
                 }
-                panic!("nginx exited ({s}): {err}\n{}", n.error_log());
+                let log = n.error_log();
+                if [&err, &log]
+                    .iter()
+                    .any(|t| t.contains("Address already in use"))
+                {
+                    eprintln!("nginx could not bind port {port} (taken meanwhile): another port");
+                    return None;
+                }
+                panic!("nginx exited ({s}): {err}\n{log}");
             }
             assert!(
                 Instant::now() < deadline,
@@ -1335,7 +1356,7 @@ http {{
             );
             std::thread::sleep(Duration::from_millis(20));
         }
-        n
+        Some(n)
     }
 
     pub fn error_log(&self) -> String {
@@ -1422,7 +1443,11 @@ http {{
 
 impl Drop for Nginx {
     fn drop(&mut self) {
-        // SAFETY: kill(2) on our own child.
+        // Already reaped (it exited at start): its pid may be another process's now.
+        if let Ok(Some(_)) = self.child.try_wait() {
+            return;
+        }
+        // SAFETY: kill(2) on our own child, not reaped yet.
         unsafe {
             libc::kill(self.child.id() as i32, libc::SIGQUIT);
         }
