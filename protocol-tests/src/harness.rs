@@ -1287,6 +1287,15 @@ impl Nginx {
         } else {
             ""
         };
+        // What only this nginx answers (not its directory: a `$` in TMPDIR would be
+        // read as a variable in `return`).
+        let token = format!(
+            "{port}-{}-{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |t| t.as_nanos())
+        );
         let conf = format!(
             r#"{user}
 daemon off;
@@ -1309,7 +1318,7 @@ http {{
     server {{
         listen 127.0.0.1:{port};
         server_name {READY_HOST};
-        location = /__harness_ready {{ return 200 "{d}"; }}
+        location = /__harness_ready {{ return 200 "{token}"; }}
     }}
 }}
 "#,
@@ -1333,7 +1342,7 @@ http {{
         // Not a bare connect: one to a port some other process listens on (nginx then
         // fails to bind it and exits) or to a master whose worker never serves passed
         // for ready, and the test's first request was reset.
-        while !n.answers_ready(&d) {
+        while !n.answers_ready(&token) {
             if let Ok(Some(s)) = n.child.try_wait() {
                 let mut err = String::new();
                 if let Some(mut e) = n.child.stderr.take() {
@@ -1363,8 +1372,8 @@ http {{
         std::fs::read_to_string(self.dir.join("error.log")).unwrap_or_default()
     }
 
-    /// Whether this nginx answers its readiness location with its own directory `d`.
-    fn answers_ready(&self, d: &str) -> bool {
+    /// Whether this nginx answers its readiness location with its own `token`.
+    fn answers_ready(&self, token: &str) -> bool {
         let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.port)) else {
             return false;
         };
@@ -1377,7 +1386,7 @@ http {{
         }
         let mut out = Vec::new();
         let _ = s.read_to_end(&mut out);
-        parse_http(&out).is_some_and(|r| r.status == 200 && r.body == d.as_bytes())
+        parse_http(&out).is_some_and(|r| r.status == 200 && r.body == token.as_bytes())
     }
 
     /// Sends a raw HTTP request and returns the raw response.
