@@ -442,6 +442,25 @@ fn read_pidfile(path: &std::path::Path) -> Option<rustix::process::Pid> {
     rustix::process::Pid::from_raw(text.trim().parse().ok()?)
 }
 
+/// What is wrong with a `--umask` (the mask `m`) a user may not have meant: one that
+/// leaves new files writable by every local user, or that takes the owner's own read
+/// or write permission away (postern's log files and pidfile then come out unreadable
+/// by their owner). `None` for a usual mask (022, 027, 077).
+pub fn umask_warning(m: u32) -> Option<String> {
+    if m & 0o002 == 0 {
+        Some(format!(
+            "--umask {m:03o} lets every local user write to the files postern and the app create (log files, the pidfile, the app's files and a Unix socket without --socket-mode): 022, 027 or 077 keep them to their owner"
+        ))
+    } else if m & 0o600 != 0 {
+        Some(format!(
+            "--umask {m:03o} takes read or write permission from the owner of the files postern and the app create (its log files and pidfile come out mode {:03o}): 022, 027 or 077 keep them the owner's",
+            0o666 & !m
+        ))
+    } else {
+        None
+    }
+}
+
 /// Warns when the process is still root once privileges were to be dropped (no
 /// `--uid`, or `--uid root`): the app, and whatever a request can make it do, then
 /// runs as root.

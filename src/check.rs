@@ -45,6 +45,9 @@ pub fn run(config: &Config) -> Result<(), CheckError> {
             "  umask: {:03o} (the files and sockets postern and the app create)",
             m.0
         );
+        if let Some(w) = crate::boot::umask_warning(m.0) {
+            let _ = writeln!(out, "  warning: {w}");
+        }
     }
     let started = Instant::now();
     // A failed import does not stop the check: the listeners and files are still

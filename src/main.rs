@@ -186,6 +186,9 @@ fn main() -> ExitCode {
             file.display()
         );
     }
+    if let Some(w) = config.opts.umask.and_then(|m| boot::umask_warning(m.0)) {
+        tracing::warn!("{w}");
+    }
     logging::log_panics();
     postern::forked::install();
     for w in postern::config::unknown_vars() {

@@ -1369,18 +1369,37 @@ impl<'a> Mapper<'a> {
             "max-fd" => Outcome::Ignored(
                 "set the open-files limit where postern starts (systemd LimitNOFILE=, or ulimit -n)".into(),
             ),
-            // uWSGI reads it with strtol(value, 8): `022`, `22` and `0022` alike.
-            "umask" => match numeric(v) {
-                m if (1..=4).contains(&m.len())
-                    && m.bytes().all(|b| (b'0'..=b'7').contains(&b))
-                    && u32::from_str_radix(m, 8).is_ok_and(|n| n <= 0o777) =>
-                {
-                    let n = u32::from_str_radix(m, 8).unwrap_or_default();
-                    self.set(i, "umask", toml::Value::String(format!("{n:03o}")));
-                    Self::carried(&["umask"])
+            // uWSGI reads a mode of three characters as those three octal digits, and
+            // a longer one by its 2nd to 4th characters (`0022` is 022, `1777` 777,
+            // `00022` 002); under three characters it logs "invalid umask" and runs
+            // with umask 000. Its digits are not checked: `022 ; x` is garbage.
+            "umask" => {
+                let octal = |m: &str| m.len() == 3 && m.bytes().all(|b| (b'0'..=b'7').contains(&b));
+                let read = match v.len() {
+                    n if n < 3 => None,
+                    3 => Some(v),
+                    _ => v.get(1..4),
+                };
+                match read {
+                    Some(m) if octal(m) => {
+                        self.set(i, "umask", toml::Value::String(m.into()));
+                        if m == v || v.len() == 4 && v.starts_with('0') {
+                            Self::carried(&["umask"])
+                        } else {
+                            Self::noted(
+                                &["umask"],
+                                Some(format!("uWSGI reads a umask longer than three characters by its 2nd to 4th: {v} is {m}")),
+                            )
+                        }
+                    }
+                    None => Outcome::Refused(format!(
+                        "uWSGI takes a umask of fewer than three digits as invalid (it logs 'invalid umask' and runs with umask 000): write the three octal digits meant, e.g. umask = 0{v:0>2}"
+                    )),
+                    Some(m) => Outcome::Refused(format!(
+                        "uWSGI reads a umask as three octal digits (the 2nd to 4th of a longer value, here {m:?}): write them alone, e.g. umask = 022"
+                    )),
                 }
-                m => Outcome::Refused(format!("{m:?} is not an octal umask like 022")),
-            },
+            }
             "master-fifo" => Outcome::Ignored(
                 "postern is driven by signals to the master: SIGHUP reloads, SIGTERM stops gracefully, SIGTTIN/SIGTTOU add or remove a worker, SIGUSR1 reopens the logs. A deploy step that writes to the FIFO (echo r > FIFO) now only makes a plain file and reloads nothing: replace it with kill -HUP $(cat PIDFILE) (with pidfile =) or systemctl reload".into(),
             ),

@@ -78,8 +78,8 @@ fn gunicorns_options_are_said_in_posterns_words_with_their_values() {
         (
             &["-w", "2", "-m", "23", "app:app"],
             &[
-                "`-m 23` is gunicorn's: postern says `--umask 027`",
-                "the same with postern: postern --workers 2 --umask 027 app:app\n",
+                "`-m 23` is gunicorn's: postern says `--socket-mode 750`",
+                "the same with postern: postern --workers 2 --socket-mode 750 app:app\n",
             ],
         ),
         // regression (review2 LOW): gunicorn's tcp:// and unix:// forms.
@@ -195,7 +195,7 @@ fn a_short_flag_of_both_gunicorn_and_uwsgi_is_read_from_its_value() {
         ),
         (
             &["-m", "0o027", "app:app"],
-            "`-m 0o027` is gunicorn's: postern says `--umask 027`",
+            "`-m 0o027` is gunicorn's: postern says `--socket-mode 750`",
         ),
         // Beside another uWSGI option, it is uWSGI's.
         (&["-t", "30", "--processes", "2", "app:app"], "`-t 30` is uWSGI's"),

@@ -167,8 +167,9 @@ enum Says {
     Cannot(String),
 }
 
-/// gunicorn's `umask` value as it reads it (`int(value, 0)`, a leading `0` before a
-/// digit taken as octal: `0o027`, `0027` and `23` are one mask), within 0..=0o777.
+/// gunicorn's `umask` value as its command line reads it (`int(value, 0)`, after a
+/// leading `0` before a digit is made `0o`: `0o027`, `0027` and `23` are one mask; a
+/// config file's integer arrives here in decimal), within 0..=0o777.
 fn umask(value: &str) -> Option<u32> {
     let v = value.trim().to_ascii_lowercase();
     let (digits, radix) = [("0o", 8), ("0x", 16), ("0b", 2)]
@@ -178,7 +179,7 @@ fn umask(value: &str) -> Option<u32> {
             Some(d) if !d.is_empty() => (d, 8),
             _ => (v.as_str(), 10),
         });
-    if digits.starts_with(['+', '-']) {
+    if digits.starts_with(['+', '-']) || digits.is_empty() {
         return None;
     }
     u32::from_str_radix(digits, radix)
@@ -258,13 +259,15 @@ fn says(setting: &str, value: &str, line: &Line) -> Says {
         ),
         "user" => with("--uid"),
         "group" => with("--gid"),
+        // gunicorn sets its umask only around the Unix sockets' bind (and for its
+        // workers' heartbeat files): the sockets' bits, not the process's umask.
         "umask" => match umask(value) {
             Some(m) => Says::Postern(
-                words(&["--umask", &format!("{m:03o}")]),
-                Some("postern's --umask is octal (gunicorn reads int(value, 0): 23 is 027); without --socket-mode the Unix sockets take it too".into()),
+                words(&["--socket-mode", &format!("{:03o}", 0o777 & !m)]),
+                Some(format!("gunicorn applies its umask to its Unix sockets only: --socket-mode gives them the same bits (nothing to do for TCP); postern's --umask {m:03o} would also reach its log files and the app's files")),
             ),
             None => Says::Cannot(format!(
-                "{} is not a umask from 0 to 0o777 (gunicorn reads 0o027, 0027 or 23 alike): give postern --umask with octal digits, e.g. --umask 027",
+                "{} is not a umask from 0 to 0o777 (gunicorn reads 0o027, 0027 or 23 alike)",
                 quoted(value)
             )),
         },
@@ -2225,22 +2228,17 @@ mod tests {
         for v in ["0o1000", "-7", "abc", "", "0o"] {
             assert_eq!(umask(v), None, "{v}");
         }
-        let m = translate(
-            Path::new("gunicorn.conf.py"),
-            "umask = 0o027
-workers = 2
-",
-        )
-        .unwrap();
-        assert!(m.toml.contains("umask = \"027\""), "{}", m.toml);
-        let m = translate(
-            Path::new("gunicorn.conf.py"),
-            "umask = 23
-workers = 2
-",
-        )
-        .unwrap();
-        assert!(m.toml.contains("umask = \"027\""), "{}", m.toml);
+        // Its Unix sockets' bits only (review 408 M1: as a process umask, `umask = 0`
+        // made the logs and the app's files world-writable).
+        for text in ["umask = 0o027\n", "umask = 23\n"] {
+            let m = translate(
+                Path::new("gunicorn.conf.py"),
+                &format!("{text}workers = 2\n"),
+            )
+            .unwrap();
+            assert!(m.toml.contains("socket-mode = \"750\""), "{}", m.toml);
+            assert!(!m.toml.contains("\numask ="), "{}", m.toml);
+        }
     }
 
     #[test]

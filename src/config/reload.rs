@@ -119,6 +119,18 @@ impl Layers {
     /// `key`'s value as said in the log: a number as a number (30 in the file is the
     /// default 30.0), `off` for a limit switched off, `not set`.
     fn said(&self, key: &str) -> String {
+        // A mode as the mode it reads as: `27`, `"027"` and `0o27` are one umask.
+        // regression (review 408 L5): a reload said `umask (27 -> "027")` changed.
+        if matches!(key, "umask" | "socket-mode") {
+            let text = match self.values.get(key) {
+                Some(toml::Value::Integer(i)) => Some(i.to_string()),
+                Some(toml::Value::String(t)) => Some(t.clone()),
+                _ => None,
+            };
+            if let Some(m) = text.and_then(|t| t.parse::<super::Mode>().ok()) {
+                return m.to_string();
+            }
+        }
         match self.values.get(key) {
             Some(toml::Value::Integer(i)) => (*i as f64).to_string(),
             Some(toml::Value::Float(f)) => f.to_string(),
@@ -528,6 +540,22 @@ mod tests {
         assert_eq!(
             plain.env_part(true).change(&plain.env_part(true), "env"),
             None
+        );
+    }
+
+    // regression (review 408 L5): `umask = 27` edited to `umask = "027"` was said
+    // changed at a reload, a restart's to apply.
+    #[test]
+    fn a_mode_is_compared_as_the_mode_it_reads_as() {
+        let was = layers("umask = 27\nsocket-mode = 660\n");
+        let is = layers("umask = \"027\"\nsocket-mode = \"0660\"\n");
+        assert_eq!(was.change(&is, "umask"), None);
+        assert_eq!(was.change(&is, "socket-mode"), None);
+        let other = layers("umask = \"077\"\n");
+        assert_eq!(was.change(&other, "umask").unwrap(), "umask (027 -> 077)");
+        assert_eq!(
+            was.change(&other, "socket-mode").unwrap(),
+            "socket-mode (660 -> not set)"
         );
     }
 

@@ -219,17 +219,22 @@ pub struct Mode(pub u32);
 impl FromStr for Mode {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        u32::from_str_radix(s.trim().trim_start_matches("0o"), 8)
-            .ok()
+        let t = s.trim();
+        let digits = t.strip_prefix("0o").unwrap_or(t);
+        // from_str_radix takes a sign; a mode has none.
+        Some(digits)
+            .filter(|d| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit()))
+            .and_then(|d| u32::from_str_radix(d, 8).ok())
             .filter(|&v| v <= 0o777)
             .map(Mode)
-            .ok_or_else(|| format!("{s:?} is not an octal mode like 660"))
+            .ok_or_else(|| format!("{s:?} is not octal permission bits like 660 (or 027)"))
     }
 }
 
+/// Three digits at least (`660`, `027`): how the options are written.
 impl fmt::Display for Mode {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:o}", self.0)
+        write!(f, "{:03o}", self.0)
     }
 }
 
