@@ -17,6 +17,7 @@ import asyncio, os, hashlib
 
 DIR = os.environ["ASGI_TEST_DIR"]
 DANGLING = []
+KEPT = []
 
 def mark(name):
     with open(os.path.join(DIR, name), "a") as f:
@@ -56,6 +57,23 @@ async def app(scope, receive, send):
     path = scope["path"]
     if path == "/hello":
         await answer(send, b"hello")
+    elif path == "/early":
+        # Answers without reading its body, then asks for input twice.
+        await answer(send, b"early", status=401)
+        got = [await receive(), await receive()]
+        say("early", " ".join(m["type"] + ":" + str(len(m.get("body", b""))) for m in got))
+    elif path == "/keep":
+        KEPT[:] = [send, receive]
+        await answer(send, b"kept")
+    elif path == "/stale":
+        stale_send, stale_receive = KEPT
+        try:
+            await stale_send({"type": "http.response.start", "status": 200, "headers": []})
+            said = "no error"
+        except RuntimeError as e:
+            said = str(e)
+        said += " | " + (await stale_receive())["type"]
+        await answer(send, said.encode())
     elif path == "/big":
         # n chunks of 64 KiB.
         mark("big")
@@ -1479,4 +1497,49 @@ fn a_kept_fastcgi_request_with_a_body_over_the_buffer_still_gets_disconnect() {
             p.logs()
         );
     }
+}
+
+// regression (probe 406): a receive() after the response came back with the unread
+// body (`http.request`) before `http.disconnect`; the ASGI spec, and uvicorn, say
+// `http.disconnect` once the response has been sent.
+#[test]
+fn receive_after_the_response_is_a_disconnect_even_with_the_body_unread() {
+    let dir = tempdir();
+    let p = serve(dir.path(), "uwsgi", &[]);
+    let body = vec![b'x'; 300_000];
+    let got = p.raw(&uwsgi_req("POST", "/early", "", &body));
+    let r = parse_http(&got).unwrap_or_else(|| panic!("{got:?}\n{}", p.logs()));
+    assert_eq!(r.status, 401, "{}", p.logs());
+    let said = dir.path().join("early");
+    assert!(wait_until(10, || said.exists()), "{}", p.logs());
+    assert_eq!(
+        std::fs::read_to_string(&said).unwrap(),
+        "http.disconnect:0 http.disconnect:0",
+        "{}",
+        p.logs()
+    );
+}
+
+// regression (probe 406): a send() kept from a finished request said
+// "http.response.start sent twice for one request", and its receive() gave that
+// request's body again.
+#[test]
+fn a_send_and_receive_kept_from_a_finished_request_say_it_is_over() {
+    let dir = tempdir();
+    let p = serve(dir.path(), "uwsgi", &[]);
+    let got = p.raw(&uwsgi_req("GET", "/keep", "", b""));
+    assert_eq!(
+        parse_http(&got).map(|r| r.status),
+        Some(200),
+        "{}",
+        p.logs()
+    );
+    let got = p.raw(&uwsgi_req("GET", "/stale", "", b""));
+    let r = parse_http(&got).unwrap_or_else(|| panic!("{got:?}\n{}", p.logs()));
+    assert_eq!(
+        r.text(),
+        "send(http.response.start) of a request that is over (its app has returned): each request has its own send() and receive() | http.disconnect",
+        "{}",
+        p.logs()
+    );
 }

@@ -618,6 +618,43 @@ fn a_reload_warns_of_the_ini_lines_postern_runs_without() {
     );
 }
 
+// regression (probe 407): an unchanged --ini named by a relative path had its lines
+// warned of again at the first reload, by their absolute path.
+#[test]
+fn a_reload_of_an_unchanged_ini_named_relatively_says_its_lines_once() {
+    let dir = tempdir();
+    let ini = dir.path().join("app.ini");
+    let app = testapp();
+    std::fs::write(
+        &ini,
+        format!("[uwsgi]\nwsgi-file = {app}\nthreads = 1\nauto-procname = true\n"),
+    )
+    .unwrap();
+    let p = Spawn::tcp(dir.path(), "--ini")
+        .arg("app.ini")
+        .args(["--master"])
+        .cwd(dir.path())
+        .start();
+    assert!(
+        p.wait_log("not carried over as written", 10),
+        "{}",
+        p.logs()
+    );
+    p.signal(libc::SIGHUP);
+    assert!(
+        p.wait_log("new workers ready; old workers finish", 20),
+        "{}",
+        p.logs()
+    );
+    let logs = p.logs();
+    assert_eq!(
+        logs.matches("not carried over as written").count(),
+        1,
+        "{logs}"
+    );
+    assert!(logs.contains("app.ini:4  auto-procname"), "{logs}");
+}
+
 // regression: a reload expanded the ini's `$(VAR)` from the master's environment as it
 // is now, where the ini's own `env =` line had set it: an unchanged file started with
 // 1 thread and a reload said `threads (1 -> 4)` and ran 4.

@@ -2950,6 +2950,13 @@ impl Exchange {
             drop(me);
             return ready_from(slf, m.into_bound(py));
         }
+        // After the response (or from a request whose task is over: a receive kept
+        // by the app): `http.disconnect`, its body read or not, as the ASGI spec has
+        // it ("if receive is called after a response has been sent") and uvicorn does.
+        // regression (probe 406): an unread body came first, then the disconnect.
+        if me.task_over || (me.served.is_some() && me.disconnect_due()) {
+            return ready(py, Some(disconnect_message(py)?.into_any().unbind()));
+        }
         match std::mem::replace(&mut me.body, BodyState::Done) {
             BodyState::Waiting(body) => {
                 let reader = match body {
@@ -3083,6 +3090,13 @@ impl Exchange {
         };
         if let Some(why) = refused.filter(|_| kind != "http.response.trailers") {
             return Err(ClientDisconnected::new_err(why));
+        }
+        // A send kept from a request whose app has returned. regression (probe 406):
+        // it said "http.response.start sent twice for one request".
+        if slf.borrow().task_over {
+            return Err(PyRuntimeError::new_err(format!(
+                "send({kind}) of a request that is over (its app has returned): each request has its own send() and receive()"
+            )));
         }
         match kind {
             "http.response.start" => {

@@ -243,8 +243,8 @@ impl Worker {
                 }
                 _ => String::new(),
             };
-            // What the client got, where the line knows (uwsgi, SCGI: a FastCGI
-            // response is never marked, only its END_REQUEST ends it).
+            // What the client got, where the line knows (a response sent whole at its
+            // Content-Length; without one, or over FastCGI, once postern ended it).
             // regression (review 403): a response sent whole, the app still in its
             // close(), was said to leave its front server with an error.
             let (what, got) = match line.answered_whole() {
@@ -2546,16 +2546,18 @@ impl Master {
                         pid,
                         %how,
                         generation,
-                        serving_generation = self.generation,
+                        serving_generation = self.serving_generation(),
                         "worker failed to start ({}); a newer reload replaced its generation, so nothing replaces it",
                         start_failure(signal_in_import, quiet_exit)
                     );
                 }
+                // `new_generation`: the reload's, which may still be starting (probe 407:
+                // it was logged as `serving_generation`).
                 Verdict::Outgoing if status.exit_status() == Some(0) && was_running == 0 => {
-                    tracing::warn!(pid, %how, generation, serving_generation = self.generation, "worker stopped without the master asking (a signal sent to it directly?); not replaced: a reload is replacing its generation");
+                    tracing::warn!(pid, %how, generation, new_generation = self.generation, "worker stopped without the master asking (a signal sent to it directly?); not replaced: a reload is replacing its generation");
                 }
                 Verdict::Outgoing => {
-                    tracing::error!(pid, %how, generation, serving_generation = self.generation, "worker died unexpectedly; not replaced: a reload is replacing its generation");
+                    tracing::error!(pid, %how, generation, new_generation = self.generation, "worker died unexpectedly; not replaced: a reload is replacing its generation");
                 }
                 Verdict::Restart => {
                     self.import_kills += 1;

@@ -1408,8 +1408,8 @@ impl Line {
     }
 
     /// The current request's response as [`Line::answered`] marked it sent whole
-    /// (status, bytes); None before that, and over FastCGI (never marked: only its
-    /// END_REQUEST, after the app's `close()`, ends a response).
+    /// (status, bytes); None before that (over FastCGI, until its END_REQUEST, which
+    /// comes after the app's `close()`).
     pub fn answered_whole(&self) -> Option<(u16, u64)> {
         let status = u16::try_from(self.answered.load(Ordering::Acquire)).ok()?;
         (status != 0).then(|| (status, self.answered_bytes.load(Ordering::Relaxed)))

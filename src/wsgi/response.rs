@@ -204,15 +204,34 @@ impl State {
             && !self.sink.has_pending()
             && self.sink.whole_at_length()
             && (self.head_only() || self.content_length.is_some_and(|cl| self.body_sent >= cl));
-        if !whole {
-            return;
+        if whole {
+            self.tell_answered(self.head_sent + self.body_sent);
         }
+    }
+
+    /// The sink has ended the response whole (`finish` with [`End::Complete`]: a
+    /// clean close, FastCGI's END_REQUEST), which [`State::mark_answered`] cannot
+    /// tell beforehand for a response without a Content-Length or over FastCGI: the
+    /// front server has all of it now. The request's end (its access line, its
+    /// scoreboard line) follows; a kill in between no longer leaves it named cut off.
+    /// regression (probe 407): FastCGI responses nginx had delivered whole (some with
+    /// the worker's own `served` line) were said cut off and counted `none` when a
+    /// SIGKILL came right after their END_REQUEST.
+    fn mark_ended_whole(&mut self, bytes: u64) {
+        if !self.marked && self.accepted && self.headers_sent {
+            self.tell_answered(bytes);
+        }
+    }
+
+    /// Marks the response answered whole for a stop ([`super::inflight`]) and the
+    /// worker's monitor (the master), once: `bytes` sent, head and body.
+    fn tell_answered(&mut self, bytes: u64) {
         self.marked = true;
         if let Some(s) = &self.inflight {
             s.answered();
         }
         if let Some((m, thread)) = &self.monitor {
-            m.answered(*thread, self.code, self.head_sent + self.body_sent);
+            m.answered(*thread, self.code, bytes);
         }
     }
 
@@ -1078,6 +1097,10 @@ fn respond(
     } else {
         py.detach(|| sink.finish(end))
     };
+    // Not a 504 postern answered in the app's place, nor a response it cut.
+    if matches!(end, End::Complete(_)) && !sent.late && !sent.cut {
+        r.mark_ended_whole(sent.bytes);
+    }
     // An app that kept `write` or `start_response` gets an error, not a stale socket.
     r.sink = Box::new(Closed);
     r.client_gone = true;
@@ -1691,6 +1714,71 @@ mod tests {
             },
         )
         .expect("allocating a responder")
+    }
+
+    /// A FastCGI-like sink: only its end (END_REQUEST) ends a response.
+    struct EndsAtFinish;
+
+    impl Sink for EndsAtFinish {
+        fn write_all(&mut self, _: &[u8]) -> std::io::Result<()> {
+            Ok(())
+        }
+        fn send_file(&mut self, _: &std::fs::File, _: u64, _: u64) -> std::io::Result<()> {
+            Ok(())
+        }
+        fn finish(&mut self, end: End) -> Sent {
+            Closed.finish(end)
+        }
+        fn whole_at_length(&self) -> bool {
+            false
+        }
+    }
+
+    /// What the master would be told through a worker's monitor.
+    #[derive(Default)]
+    struct Told(Mutex<Vec<(usize, u16, u64)>>);
+
+    impl super::super::Monitor for Told {
+        fn begin(
+            &self,
+            _: usize,
+            _: &crate::codec::Head,
+            _: &crate::logging::RequestId,
+            _: crate::codec::Protocol,
+        ) {
+        }
+        fn end(&self, _: usize, _: Option<&Served>, _: bool) {}
+        fn answered(&self, thread: usize, status: u16, bytes: u64) {
+            self.0.lock().push((thread, status, bytes));
+        }
+    }
+
+    // regression (probe 407): a FastCGI response nginx had whole (its END_REQUEST
+    // out) was named cut off and counted status="none" when a SIGKILL fell between
+    // its END_REQUEST and the request's end: nothing marked it answered.
+    #[test]
+    fn a_response_is_marked_answered_once_its_sink_has_ended_it_whole() {
+        let told = Arc::new(Told::default());
+        let mut state = State::new(Box::new(EndsAtFinish), false);
+        state.monitor = Some((told.clone(), 3));
+        state.accepted = true;
+        state.headers_sent = true;
+        state.code = 200;
+        state.content_length = Some(5);
+        state.head_sent = 40;
+        state.body_sent = 5;
+        // Its Content-Length met, but over FastCGI that is not the end yet.
+        state.mark_answered();
+        assert!(told.0.lock().is_empty(), "not before END_REQUEST");
+        state.mark_ended_whole(45);
+        state.mark_ended_whole(45);
+        assert_eq!(*told.0.lock(), vec![(3, 200, 45)], "once, after it");
+        // Nothing sent by the app (a refusal before its head): nothing to mark.
+        let told = Arc::new(Told::default());
+        let mut state = State::new(Box::new(EndsAtFinish), false);
+        state.monitor = Some((told.clone(), 0));
+        state.mark_ended_whole(0);
+        assert!(told.0.lock().is_empty());
     }
 
     #[test]
