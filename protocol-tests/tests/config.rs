@@ -297,19 +297,32 @@ fn check_notes_the_addresses_the_running_postern_holds() {
     }
 }
 
-#[test]
-fn check_fails_when_a_file_cannot_be_written() {
-    let dir = tempdir();
-    let missing = dir.path().join("no-such-dir");
+/// `postern APP --check` with a Unix listener in `dir` and a pidfile in `missing`, a
+/// directory that does not exist.
+fn check_with_pidfile_in(
+    app: &std::path::Path,
+    dir: &std::path::Path,
+    missing: &std::path::Path,
+) -> (Output, String, String) {
     let out = postern()
         .current_dir(root())
-        .args(["examples/hello.py", "--check", "--uwsgi"])
-        .arg(format!("unix:{}", dir.path().join("s.sock").display()))
+        .arg(app)
+        .args(["--check", "--uwsgi"])
+        .arg(format!("unix:{}", dir.join("s.sock").display()))
         .arg("--pidfile")
         .arg(missing.join("postern.pid"))
         .output()
         .unwrap();
     let (stdout, stderr) = text(&out);
+    (out, stdout, stderr)
+}
+
+#[test]
+fn check_fails_when_a_file_cannot_be_written() {
+    let dir = tempdir();
+    let missing = dir.path().join("no-such-dir");
+    let (out, stdout, stderr) =
+        check_with_pidfile_in("examples/hello.py".as_ref(), dir.path(), &missing);
     assert_eq!(out.status.code(), Some(1), "{stdout}\n{stderr}");
     assert!(
         stderr.contains(&format!(
@@ -329,16 +342,7 @@ fn check_goes_on_past_an_app_that_does_not_import() {
     let app = dir.path().join("broken.py");
     std::fs::write(&app, "raise RuntimeError('boom at import')\n").unwrap();
     let missing = dir.path().join("no-such-dir");
-    let out = postern()
-        .arg(&app)
-        .arg("--check")
-        .arg("--uwsgi")
-        .arg(format!("unix:{}", dir.path().join("s.sock").display()))
-        .arg("--pidfile")
-        .arg(missing.join("postern.pid"))
-        .output()
-        .unwrap();
-    let (stdout, stderr) = text(&out);
+    let (out, stdout, stderr) = check_with_pidfile_in(&app, dir.path(), &missing);
     assert_eq!(out.status.code(), Some(1), "{stdout}\n{stderr}");
     assert!(stderr.contains("RuntimeError: boom at import"), "{stderr}");
     assert!(stdout.contains("app: "), "{stdout}");
