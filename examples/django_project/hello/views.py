@@ -9,6 +9,7 @@ from django.http import (
     JsonResponse,
 )
 from django.shortcuts import render
+from django.urls import reverse
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
@@ -47,7 +48,9 @@ def upload(request):
 
 @require_GET
 def go_redirect(request):
-    return HttpResponseRedirect("/form/")
+    # reverse() adds SCRIPT_NAME: under a prefix (--mount, Apache's ProxyPass /app)
+    # the redirect stays under it.
+    return HttpResponseRedirect(reverse("form"))
 
 
 @require_GET

@@ -4,7 +4,7 @@ from hello import views
 
 urlpatterns = [
     path("", views.index),
-    path("form/", views.form),
+    path("form/", views.form, name="form"),
     path("upload/", views.upload),
     path("redirect/", views.go_redirect),
     path("cookie/set/", views.cookie_set),
