@@ -206,10 +206,13 @@ pub fn load_many_with(specs: &[String], ctx: &Context) -> Result<Translation, In
 }
 
 /// Reads and maps `FILE[:section]` with `ctx` for the environment and magic variables.
+/// A relative path is from `ctx.cwd` (the start directory, at a reload too), and the
+/// file keeps the name it was given (its lines' labels, `%o`).
 pub fn load_with(spec: &str, ctx: &Context) -> Result<Translation, IniError> {
     let (path, section) = split_source(spec);
     refuse_other_formats(&path)?;
-    let bytes = std::fs::read(&path).map_err(|source| IniError::Read {
+    let full = ctx.cwd.join(&path);
+    let bytes = std::fs::read(&full).map_err(|source| IniError::Read {
         path: path.clone(),
         source,
     })?;
@@ -218,7 +221,7 @@ pub fn load_with(spec: &str, ctx: &Context) -> Result<Translation, IniError> {
     let text = String::from_utf8_lossy(&bytes);
     // An editor's byte-order mark would hide the first [section] header.
     let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
-    let facts = FileFacts::of(spec, &path, section.as_deref(), &ctx.cwd);
+    let facts = FileFacts::of(spec, &full, section.as_deref(), &ctx.cwd);
     translate(text, &facts, ctx)
 }
 

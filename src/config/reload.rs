@@ -249,30 +249,14 @@ fn read_again() -> Result<Layered, Unread> {
         .map_err(|e| Unread::Invalid(e.to_string().trim().to_owned()))?;
     let mut cli =
         super::Cli::from_arg_matches(&matches).map_err(|e| Unread::Invalid(e.to_string()))?;
-    // The --ini files as the start named them, and as read now (from its directory).
-    let mut named = Vec::new();
     if let Some(cwd) = start.and_then(|s| s.cwd.as_ref()) {
         cli.config = cli.config.map(|p| cwd.join(p));
-        for i in &mut cli.ini {
-            let file = i.rsplit_once(':').map_or(i.as_str(), |(f, _)| f);
-            let read = cwd.join(file).to_string_lossy().into_owned();
-            if read != file {
-                named.push((read, file.to_owned()));
-            }
-            *i = cwd.join(&*i).to_string_lossy().into_owned();
-        }
     }
-    let layered = Layered::merge(&cli, &matches).map(|mut l| {
-        // Its lines said as at the start (`uwsgi.ini:12`, not `/srv/app/uwsgi.ini:12`),
-        // so that an unchanged file's are not said again. regression (probe 407): the
-        // first reload repeated the start's WARN with the absolute path.
-        if let Some(w) = &mut l.ini_warnings {
-            for (read, file) in &named {
-                *w = w.replace(read.as_str(), file);
-            }
-        }
-        l
-    });
+    // The --ini files keep the names the start gave them (their lines' labels, `%o`):
+    // the ini reader takes a relative one from the start directory itself.
+    // regression (probe 407, review 409): made absolute here, an unchanged file's
+    // WARN came again at the first reload by the absolute path, and `%o` changed.
+    let layered = Layered::merge(&cli, &matches);
     layered.map_err(|e| {
         let denied = matches!(&e, ConfigError::Read { source, .. }
             if source.kind() == std::io::ErrorKind::PermissionDenied);

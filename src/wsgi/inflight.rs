@@ -49,8 +49,9 @@ pub(super) struct Slot {
     status: AtomicU32,
     /// The body bytes written so far.
     body: AtomicU64,
-    /// The response went out whole (its Content-Length, or no body): a stop that cuts
-    /// the app off after it (in its iterable's `close()`, say) cut nothing the client
+    /// The response went out whole (its Content-Length met, or no body; else once the
+    /// sink ended it: a clean close, FastCGI's END_REQUEST): a stop that cuts the
+    /// request off after it (in its iterable's `close()`, say) cut nothing the client
     /// gets.
     answered: AtomicBool,
     /// Its thread's index in the pool (its scoreboard line), for the metrics of a

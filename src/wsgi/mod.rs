@@ -158,6 +158,12 @@ pub trait Sink: Send + Sync {
     fn whole_at_length(&self) -> bool {
         true
     }
+    /// After [`Sink::finish`] with [`End::Complete`]: the response's end went out (a
+    /// clean close; FastCGI's END_REQUEST written, not failed nor held until the
+    /// request's input ends). The default: whatever `finish` did ended it.
+    fn ended_whole(&self) -> bool {
+        true
+    }
     /// The sink still holds bytes it has taken (a writer thread's queue).
     /// While `on`, writes may be the whole response though whether more follows is not
     /// known (an iterator's first chunk): they do not arm what keeps a response under

@@ -1097,8 +1097,9 @@ fn respond(
     } else {
         py.detach(|| sink.finish(end))
     };
-    // Not a 504 postern answered in the app's place, nor a response it cut.
-    if matches!(end, End::Complete(_)) && !sent.late && !sent.cut {
+    // Not a 504 postern answered in the app's place, nor a response it cut, nor an
+    // END_REQUEST that failed or waits for the request's input (review 409).
+    if matches!(end, End::Complete(_)) && !sent.late && !sent.cut && r.sink.ended_whole() {
         r.mark_ended_whole(sent.bytes);
     }
     // An app that kept `write` or `start_response` gets an error, not a stale socket.

@@ -200,6 +200,9 @@ pub struct FcgiSink {
     spare: bool,
     /// Listed in flight while `--timeout` is on ([`super::Parking::answer_overdue`]).
     in_flight: Option<u64>,
+    /// Its END_REQUEST went out ([`Sink::ended_whole`]): not cut, not failed, not
+    /// held for the request's input to end first.
+    ended_out: bool,
 }
 
 /// From this write of a response on, its chunks are framed into the thread's writer.
@@ -237,6 +240,7 @@ impl FcgiSink {
             written: 0,
             started,
             finished: false,
+            ended_out: false,
             writes: 0,
             stream: None,
             queued_record: None,
@@ -336,8 +340,12 @@ impl FcgiSink {
     /// END_REQUEST) or cut; false when the last write failed.
     fn end(&mut self, last: Option<&[u8]>) -> bool {
         self.finished = true;
-        self.conn
-            .end_response(self.id, self.keep_conn, &self.flags, last)
+        let out = self
+            .conn
+            .end_response(self.id, self.keep_conn, &self.flags, last);
+        self.ended_out =
+            out && last.is_some() && self.flags.stdin.load(Ordering::Acquire) != END_HELD;
+        out
     }
 }
 
@@ -674,6 +682,10 @@ const EMPTY_VALUES_RESULT: [u8; fcgi::HEADER_LEN] =
 impl Sink for FcgiSink {
     fn serving_here(&self) {
         super::crash::serving(self);
+    }
+
+    fn ended_whole(&self) -> bool {
+        self.ended_out
     }
 
     // Only its END_REQUEST ends a response: nginx with fastcgi_keep_conn waits for
