@@ -256,8 +256,7 @@ fn read_again() -> Result<Layered, Unread> {
     // the ini reader takes a relative one from the start directory itself.
     // regression (probe 407, review 409): made absolute here, an unchanged file's
     // WARN came again at the first reload by the absolute path, and `%o` changed.
-    let layered = Layered::merge(&cli, &matches);
-    layered.map_err(|e| {
+    Layered::merge(&cli, &matches).map_err(|e| {
         let denied = matches!(&e, ConfigError::Read { source, .. }
             if source.kind() == std::io::ErrorKind::PermissionDenied);
         // regression: under --uid the master reads as that user at a reload, so a
