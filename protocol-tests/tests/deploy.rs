@@ -557,54 +557,6 @@ fn kubernetes_configmap_nginx_conf_passes_nginx_t_and_serves() {
     let Addr::Unix(sock) = &postern.addr else {
         unreachable!()
     };
-    let (port, metrics_port) = (free_port(), free_port());
-    let d = dir.path().display().to_string();
-    let mut adapted = conf.clone();
-    for (from, to) in [
-        ("/run/postern/postern.sock", sock.display().to_string()),
-        ("listen 8080;", format!("listen 127.0.0.1:{port};")),
-        ("listen 9192;", format!("listen 127.0.0.1:{metrics_port};")),
-        ("127.0.0.1:9191", format!("127.0.0.1:{stats_port}")),
-        ("pid /tmp/nginx.pid;", format!("pid {d}/nginx.pid;")),
-        ("/tmp/nginx-", format!("{d}/nginx-")),
-        ("error_log /dev/stderr", format!("error_log {d}/error.log")),
-        (
-            "access_log /dev/stdout",
-            format!("access_log {d}/access.log"),
-        ),
-    ] {
-        assert!(
-            adapted.contains(from),
-            "the ConfigMap's nginx.conf has no `{from}`"
-        );
-        adapted = adapted.replace(from, &to);
-    }
-    let file = dir.path().join("nginx.conf");
-    std::fs::write(&file, &adapted).unwrap();
-    let t = Command::new(&bin)
-        .arg("-t")
-        .arg("-p")
-        .arg(dir.path())
-        .arg("-c")
-        .arg(&file)
-        .output()
-        .unwrap();
-    let said = String::from_utf8_lossy(&t.stderr).into_owned();
-    assert!(
-        t.status.success() && said.contains("test is successful"),
-        "nginx -t:\n{said}"
-    );
-
-    let nginx = Command::new(&bin)
-        .args(["-g", "daemon off;", "-p"])
-        .arg(dir.path())
-        .arg("-c")
-        .arg(&file)
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
     /// Stops nginx the graceful way (SIGQUIT: the master takes its workers along; a
     /// SIGKILLed master would leave them running), then for sure.
     struct Stop(std::process::Child);
@@ -624,11 +576,10 @@ fn kubernetes_configmap_nginx_conf_passes_nginx_t_and_serves() {
             let _ = self.0.wait();
         }
     }
-    let _stop = Stop(nginx);
-    let get = |port: u16, path: &str| -> Option<Response> {
+    let get_within = |port: u16, path: &str, secs: u64| -> Option<Response> {
         use std::io::{Read, Write};
         let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-        s.set_read_timeout(Some(std::time::Duration::from_secs(20)))
+        s.set_read_timeout(Some(std::time::Duration::from_secs(secs)))
             .ok()?;
         write!(
             s,
@@ -639,13 +590,83 @@ fn kubernetes_configmap_nginx_conf_passes_nginx_t_and_serves() {
         s.read_to_end(&mut out).ok()?;
         parse_http(&out)
     };
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
-    let health = loop {
-        if let Some(r) = get(port, "/nginx-health") {
-            break r;
+    // The free ports are released before nginx binds them, so another process may take
+    // one in between: nginx then exits with "Address already in use", and new ports
+    // are tried (five times in all; then the test fails with nginx's words).
+    let get = |port: u16, path: &str| get_within(port, path, 20);
+    let d = dir.path().display().to_string();
+    let mut tries = 0;
+    let (_stop, port, metrics_port, health) = loop {
+        tries += 1;
+        let (port, metrics_port) = (free_port(), free_port());
+        let mut adapted = conf.clone();
+        for (from, to) in [
+            ("/run/postern/postern.sock", sock.display().to_string()),
+            ("listen 8080;", format!("listen 127.0.0.1:{port};")),
+            ("listen 9192;", format!("listen 127.0.0.1:{metrics_port};")),
+            ("127.0.0.1:9191", format!("127.0.0.1:{stats_port}")),
+            ("pid /tmp/nginx.pid;", format!("pid {d}/nginx.pid;")),
+            ("/tmp/nginx-", format!("{d}/nginx-")),
+            ("error_log /dev/stderr", format!("error_log {d}/error.log")),
+            (
+                "access_log /dev/stdout",
+                format!("access_log {d}/access.log"),
+            ),
+        ] {
+            assert!(
+                adapted.contains(from),
+                "the ConfigMap's nginx.conf has no `{from}`"
+            );
+            adapted = adapted.replace(from, &to);
         }
-        assert!(std::time::Instant::now() < deadline, "nginx did not start");
-        std::thread::sleep(std::time::Duration::from_millis(20));
+        let file = dir.path().join("nginx.conf");
+        std::fs::write(&file, &adapted).unwrap();
+        let _ = std::fs::remove_file(dir.path().join("error.log"));
+        let t = Command::new(&bin)
+            .arg("-t")
+            .arg("-p")
+            .arg(dir.path())
+            .arg("-c")
+            .arg(&file)
+            .output()
+            .unwrap();
+        let said = String::from_utf8_lossy(&t.stderr).into_owned();
+        assert!(
+            t.status.success() && said.contains("test is successful"),
+            "nginx -t:\n{said}"
+        );
+        let nginx = Command::new(&bin)
+            .args(["-g", "daemon off;", "-p"])
+            .arg(dir.path())
+            .arg("-c")
+            .arg(&file)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut stop = Stop(nginx);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+        // A short wait for the answer: a process that took the port may accept and
+        // say nothing.
+        let health = loop {
+            if let Ok(Some(_)) = stop.0.try_wait() {
+                break None;
+            }
+            if let Some(r) = get_within(port, "/nginx-health", 1) {
+                break Some(r);
+            }
+            assert!(std::time::Instant::now() < deadline, "nginx did not start");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        };
+        if let Some(health) = health {
+            break (stop, port, metrics_port, health);
+        }
+        let log = std::fs::read_to_string(dir.path().join("error.log")).unwrap_or_default();
+        assert!(
+            tries < 5 && log.contains("Address already in use"),
+            "nginx exited at start:\n{log}"
+        );
     };
     assert_eq!((health.status, health.text().as_str()), (200, "ok\n"));
     let env = get(port, "/env").expect("an answer");
