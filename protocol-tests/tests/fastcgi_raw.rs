@@ -985,6 +985,124 @@ fn a_request_without_keep_conn_aborted_before_its_params_end_closes_its_connecti
     ok_after(&p);
 }
 
+/// A kept request whose last write is still going out (the front server reads it
+/// slowly) when the connection then ends, for bad input or for a head left partial past
+/// --head-timeout: the response goes out whole, END_REQUEST included, before the close.
+/// regression (review 413 F1): the close cut it (196,605 of 2,000,000 bytes, no
+/// END_REQUEST), and its access line blamed the client ('client went away').
+#[test]
+fn a_kept_response_still_going_out_is_not_cut_when_bad_input_or_a_stalled_head_follows() {
+    let dir = tempdir();
+    let app = dir.path().join("one_write.py");
+    std::fs::write(
+        &app,
+        "def application(environ, start_response):\n    n = 2_000_000\n    start_response('200 OK', [('Content-Type', 'text/plain'), ('Content-Length', str(n))])\n    return [b'y' * n]\n",
+    )
+    .unwrap();
+    // (Several threads: with one, the bytes after the request were read only once the
+    // response was out.)
+    let p = Spawn::unix(dir.path(), &app.to_string_lossy())
+        .protocol("fastcgi")
+        .args(["--head-timeout", "1", "--threads", "4"])
+        .start();
+    let request = fcgi::get(1, true, "/one-write");
+    let afters: [(&str, Vec<u8>, u64); 2] = [
+        // A record of version 0.
+        ("bad input", vec![0; 16], 500),
+        // --head-timeout is 1 s here.
+        ("a stalled head", fcgi::begin(2, RESPONDER, true), 2000),
+    ];
+    for (what, after, wait) in afters {
+        let mut c = Fc::open(&p);
+        if let Sock::U(u) = &c.s {
+            use std::os::fd::AsRawFd;
+            let size: libc::c_int = 4096;
+            // SAFETY: setsockopt on our own socket with a c_int option value.
+            unsafe {
+                libc::setsockopt(
+                    u.as_raw_fd(),
+                    libc::SOL_SOCKET,
+                    libc::SO_RCVBUF,
+                    (&size as *const libc::c_int).cast(),
+                    std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+                );
+            }
+        }
+        // In two pieces: the request is read by the connection's own reader (the slow
+        // lane), which the app's end tells before its last write.
+        c.send(&request[..40]);
+        std::thread::sleep(Duration::from_millis(200));
+        c.send(&request[40..]);
+        // The app has answered; its one write waits for this client to read.
+        std::thread::sleep(Duration::from_millis(500));
+        c.send(&after);
+        std::thread::sleep(Duration::from_millis(wait));
+        let out = c.reply(1);
+        let got = out.body();
+        assert!(
+            got.len() == 2_000_000 && got.iter().all(|&b| b == b'y'),
+            "{what}: {} of 2000000 bytes came back\n{}",
+            got.len(),
+            p.logs()
+        );
+        assert_eq!(out.end, Some((0, 0)), "{what}: END_REQUEST\n{}", p.logs());
+        c.assert_closed();
+    }
+    assert!(
+        !p.logs().contains("client went away"),
+        "no response was cut:\n{}",
+        p.logs()
+    );
+}
+
+/// A body answered 413 before its end (a kept connection): the rest of it is read
+/// quietly, and either the front server closes the connection somewhere in it, as nginx
+/// does after an early answer, or it sends the rest and then its next request, which is
+/// answered.
+/// regression (review 413 F3): the connection was parked at the first record boundary
+/// after the answer, its next reads went to a new reader that did not know the body had
+/// been answered, and the close logged 'the front server closed the FastCGI connection
+/// in the middle of a record' (WARN, counted as bad input).
+#[test]
+fn the_rest_of_a_body_answered_413_early_is_read_quietly() {
+    let dir = tempdir();
+    let p = start(dir.path(), &["--max-body", "1000", "--threads", "4"]);
+    let early_413 = |cl: Option<usize>| {
+        let mut c = Fc::open(&p);
+        let mut first = head(1, true, &vars("POST", "/echo", cl));
+        first.extend(fcgi::record(STDIN, 1, &[b'a'; 800]));
+        c.send(&first);
+        std::thread::sleep(Duration::from_millis(200));
+        c.send(&fcgi::record(STDIN, 1, &[b'b'; 800]));
+        let out = c.reply(1);
+        assert_eq!(out.cgi().0, 413, "{out:?}\n{}", p.logs());
+        // The rest comes later than the answer, in pieces.
+        std::thread::sleep(Duration::from_millis(200));
+        c.send(&fcgi::record(STDIN, 1, &[b'c'; 800]));
+        c
+    };
+    for cl in [None, Some(3000)] {
+        let mut c = early_413(cl);
+        c.send(&fcgi::record(STDIN, 1, &[b'd'; 800])[..100]);
+        std::thread::sleep(Duration::from_millis(300));
+        drop(c);
+    }
+    let mut c = early_413(Some(3000));
+    c.send(&fcgi::record(STDIN, 1, &[b'd'; 600]));
+    c.send(&fcgi::record(STDIN, 1, b""));
+    let out = c.get(1, true, "/env");
+    assert_eq!((out.cgi().0, out.end), (200, Some((0, 0))), "{}", p.logs());
+    drop(c);
+    std::thread::sleep(Duration::from_millis(500));
+    let logs = p.logs();
+    assert_eq!(logs.matches("answered 413").count(), 3, "{logs}");
+    let warned: Vec<&str> = logs
+        .lines()
+        .filter(|l| l.contains(" WARN ") && !l.contains("answered 413") && !l.contains("root"))
+        .collect();
+    assert!(warned.is_empty(), "{warned:#?}\n{logs}");
+}
+
 #[test]
 fn abort_request_mid_body_ends_the_request_and_runs_close() {
     let dir = tempdir();

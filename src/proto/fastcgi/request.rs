@@ -229,6 +229,11 @@ pub struct ConnParser {
     /// BEGIN_REQUESTs refused since [`take_refused`](Self::take_refused): the first
     /// one's id and status, and how many.
     refused: Option<Refusals>,
+    /// Requests finished while their body still came (answered before the end of their
+    /// STDIN: a 413, a 400, a 431): the rest of that body is still to come, until its
+    /// empty STDIN record (or a BEGIN_REQUEST reusing the id). At most one per request
+    /// the connection may have in flight.
+    late: Vec<u16>,
 }
 
 /// BEGIN_REQUESTs a connection parser refused ([`ConnParser::take_refused`]).
@@ -250,6 +255,7 @@ impl ConnParser {
             stray: None,
             begun_again: Vec::new(),
             refused: None,
+            late: Vec::new(),
         }
     }
 
@@ -325,8 +331,31 @@ impl ConnParser {
     }
 
     /// The server has written END_REQUEST for `id`, or given up on it: the id is free.
+    /// If its body was still coming (and the peer did not abort it), the rest of it is
+    /// late ([`late_body`](Self::late_body)).
     pub fn finished(&mut self, id: u16) {
-        self.requests.remove(&id);
+        let Some(r) = self.requests.remove(&id) else {
+            return;
+        };
+        let body_coming = matches!(r.phase, Phase::Stdin | Phase::Refused);
+        if body_coming && !r.aborted && !r.begun_again && self.late.len() < self.limits.max_reqs {
+            self.late.push(id);
+        }
+    }
+
+    /// True while the rest of a finished request's body is still to come: the peer is in
+    /// the middle of sending it (nginx sends a request's whole body before it reads the
+    /// answer, and may close the connection anywhere in it after an early answer).
+    pub fn late_body(&self) -> bool {
+        !self.late.is_empty()
+    }
+
+    /// Request `id`'s late body has ended (its empty STDIN record), or its id is begun
+    /// again.
+    fn late_over(&mut self, id: u16) {
+        if let Some(i) = self.late.iter().position(|&l| l == id) {
+            self.late.swap_remove(i);
+        }
     }
 
     /// Bytes of PARAMS streams still being assembled (counted against the server's
@@ -429,6 +458,11 @@ impl ConnParser {
     ) -> Result<(), ProtoError> {
         let begin = parse_begin(content)?;
         self.begun.mark(id);
+        // A finished request's id begun anew: the peer is done with its old body (§2.9:
+        // the front server chooses and reuses ids).
+        if !self.late.is_empty() {
+            self.late_over(id);
+        }
         if let Some(request) = self.requests.get_mut(&id) {
             // §2.9: a BEGIN_REQUEST for an active id is a protocol error. The spec says
             // no more; the least it can cost is that id: the request the front server
@@ -638,6 +672,9 @@ impl ConnParser {
 
     fn stdin(&mut self, id: u16, data: Bytes, events: &mut Vec<Event>) -> Result<(), ProtoError> {
         let Some(request) = self.requests.get_mut(&id) else {
+            if data.is_empty() {
+                self.late_over(id);
+            }
             self.ignored(id);
             return Ok(());
         };
@@ -839,6 +876,49 @@ mod tests {
             id,
             data: Bytes::copy_from_slice(data),
         }
+    }
+
+    /// A request finished before its body ended leaves the rest of it late until its
+    /// empty STDIN record, or until its id is begun anew; one finished with its body
+    /// whole, or aborted, does not.
+    #[test]
+    fn the_rest_of_a_body_answered_early_is_late_until_its_end() {
+        let head = |id| {
+            let mut out = begin(id, ROLE_RESPONDER, true);
+            out.extend(record(PARAMS, id, &params_block()));
+            out.extend(record(PARAMS, id, b""));
+            out
+        };
+        let mut p = parser();
+        let mut bytes = head(1);
+        bytes.extend(record(STDIN, 1, b"part"));
+        feed(&mut p, &bytes).unwrap();
+        p.finished(1);
+        assert!(p.late_body());
+        assert_eq!(feed(&mut p, &record(STDIN, 1, b"more")).unwrap(), vec![]);
+        assert!(p.late_body(), "still coming");
+        assert_eq!(feed(&mut p, &record(STDIN, 1, b"")).unwrap(), vec![]);
+        assert!(!p.late_body(), "its end came");
+
+        // Begun anew before its end: the old body is over.
+        feed(&mut p, &head(1)).unwrap();
+        p.finished(1);
+        assert!(p.late_body());
+        feed(&mut p, &head(1)).unwrap();
+        assert!(!p.late_body());
+        p.finished(1);
+        p.late.clear();
+
+        // Whole, or aborted by the peer: nothing is late.
+        feed(&mut p, &simple_request(1, true, &params_block(), b"body")).unwrap();
+        p.finished(1);
+        assert!(!p.late_body());
+        let mut bytes = head(1);
+        bytes.extend(record(STDIN, 1, b"part"));
+        bytes.extend(record(ABORT_REQUEST, 1, b""));
+        feed(&mut p, &bytes).unwrap();
+        p.finished(1);
+        assert!(!p.late_body());
     }
 
     #[test]

@@ -908,9 +908,16 @@ pub async fn serve(
             break 'conn;
         }
         // (After bad input nothing is idle: the connection ends, it is never parked.)
+        // Nor while the rest of a body answered early still comes (but at the stop):
+        // parked, each of its reads would go from a Python thread to a new lane, which
+        // no longer knew the body had been answered, and nginx's close in the middle
+        // of it read as a truncated record (a WARN, counted as bad input).
+        // regression (review 413 F3): a 413 through nginx with keep-conn logged 'the
+        // front server closed the FastCGI connection in the middle of a record'.
         let idle = !eof
             && !bad_input
             && parser.active() == 0
+            && (!parser.late_body() || closing)
             && buf.is_empty()
             && backlog.is_empty()
             && stray.is_none();
@@ -933,8 +940,11 @@ pub async fn serve(
         let waiting_body = slots
             .values()
             .any(|s| s.stdin.is_some() || s.collect.is_some());
+        // (A partial record of a late body is no head.)
         let in_head = parser.awaiting_params()
-            || (parser.active() == 0 && (!buf.is_empty() || stray.is_some()));
+            || (parser.active() == 0
+                && !parser.late_body()
+                && (!buf.is_empty() || stray.is_some()));
         head_since = match (in_head, head_since) {
             (false, _) => None,
             (true, Some(t)) => Some(t),
@@ -1035,7 +1045,7 @@ pub async fn serve(
         } else if !backlog.is_empty() || held_back {
             // Waiting for the apps to read their bodies, not for the peer.
             None
-        } else if !buf.is_empty() || waiting_body || in_head {
+        } else if !buf.is_empty() || waiting_body || in_head || parser.late_body() {
             // A head must be whole within --head-timeout however steadily it trickles
             // (slow loris), as over uwsgi and SCGI; a body only may not pause longer
             // than --read-timeout.
@@ -1153,7 +1163,11 @@ pub async fn serve(
                             // traffic, which each request's access line tells; at info
                             // it was one line per abort, unlimited (probe 321).
                             tracing::debug!(%peer, active = parser.active(), "the front server closed the FastCGI connection with requests in flight");
-                        } else if !buf.is_empty() && !stdin_cut && !ended.collected_cut {
+                        } else if !buf.is_empty()
+                            && !stdin_cut
+                            && !parser.late_body()
+                            && !ended.collected_cut
+                        {
                             // (A cut collected body's partial record: its WARN, once.)
                             // regression: one cut gave that WARN and this one, and
                             // counted twice among the truncated inputs.
@@ -1189,7 +1203,10 @@ pub async fn serve(
                         // fail), as over uwsgi. Between requests, as quietly as a FIN.
                         // regression: a download its client left behind nginx
                         // (fastcgi_keep_conn on) gave this WARN, counted as bad input.
-                        if input_arriving(&parser, &slots, &buf) {
+                        // (The rest of a body answered early is no request's input:
+                        // nginx closes wherever it stopped.)
+                        let late_only = parser.late_body() && parser.active() == 0;
+                        if input_arriving(&parser, &slots, &buf) && !late_only {
                             said = true;
                             if slow_clients::bad_input(&peer, Reason::Truncated) {
                                 tracing::warn!(%peer, error = %e, active = parser.active(), partial_record = buf.len(), "the FastCGI connection failed in the middle of a request (the front server reset it?); closing");
@@ -1325,17 +1342,18 @@ pub async fn serve(
             }
         }
     }
+    // A kept request that told its end early (`Ctl::Done` before its last records, so
+    // that its id is free when they arrive) may still be writing them: however the
+    // connection ends here (a drain's shut write side, the shutdown after bad input,
+    // --head-timeout or --read-timeout), its END_REQUEST is not cut (its send is bounded
+    // by its own timeout; this wait by --read-timeout too).
+    // regression (review 395, a race): a refusal without FCGI_KEEP_CONN right after
+    // such a Done closed the connection under that END_REQUEST.
+    // regression (review 413 F1): bad input, or a head left partial past
+    // --head-timeout, after a kept response that the front server read slowly cut that
+    // response (its END_REQUEST never went out) and logged 'client went away'.
+    conn.ended_out(limits.read_timeout).await;
     if drain {
-        // A kept request that told its end early (`Ctl::Done` before its last records,
-        // so that its id is free when they arrive) may still be writing them: the shut
-        // write side must not cut its END_REQUEST (its send is bounded by its own
-        // timeout; this wait by --read-timeout too).
-        // regression (review 395, a race): a refusal without FCGI_KEEP_CONN right
-        // after such a Done closed the connection under that END_REQUEST.
-        let since = Instant::now();
-        while conn.is_ending() && since.elapsed() < limits.read_timeout {
-            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
-        }
         // A request without FCGI_KEEP_CONN ends its connection (§2.3), and with it the
         // others multiplexed on it (nginx and Apache never multiplex): those whose
         // END_REQUEST is not out by now.

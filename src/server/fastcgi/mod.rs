@@ -343,6 +343,8 @@ pub struct FcgiConn {
     /// those records are still going out: [`FcgiConn::hand_on`] must not give the
     /// socket to another worker meanwhile, whose writes would interleave with them.
     ending: AtomicUsize,
+    /// `ending` went back to 0 ([`FcgiConn::ended_out`] waits for it).
+    ending_done: tokio::sync::Notify,
     /// A request without FCGI_KEEP_CONN is ending: its END_REQUEST is the last record
     /// on the connection, which closes after it (spec §5.1). Set before that END_REQUEST is
     /// written; the slow lane's own records (FCGI_UNKNOWN_TYPE, GET_VALUES_RESULT)
@@ -497,6 +499,7 @@ impl FcgiConn {
             handed_over: AtomicBool::new(false),
             lane_requests: AtomicUsize::new(0),
             ending: AtomicUsize::new(0),
+            ending_done: tokio::sync::Notify::new(),
             last_end: AtomicBool::new(false),
             closes_after_replies: AtomicBool::new(false),
             torn: AtomicBool::new(false),
@@ -768,7 +771,11 @@ impl FcgiConn {
             ));
         }
         let _w = self.write.lock();
-        if self.marking.load(Ordering::Acquire) {
+        // As in `send_locked`: not after a cut's mark, nor after another writer's send
+        // failed part way while this one waited for the lock (its records would follow
+        // a partial one).
+        // regression (review 413 F4): only the mark was checked here.
+        if self.marking.load(Ordering::Acquire) || self.is_broken() {
             return Err(closed());
         }
         let chunks: Vec<&[u8]> = data.chunks(fcgi::MAX_CONTENT).collect();
@@ -1102,6 +1109,22 @@ impl FcgiConn {
         self.ending.load(Ordering::Acquire) > 0
     }
 
+    /// Waits until no END_REQUEST announced to the slow lane is still going out
+    /// ([`FcgiConn::is_ending`]), for `limit` at most (each such send is bounded by its
+    /// own timeout anyway).
+    pub(super) async fn ended_out(&self, limit: std::time::Duration) {
+        let until = tokio::time::Instant::now() + limit;
+        loop {
+            let done = self.ending_done.notified();
+            tokio::pin!(done);
+            // Registered before the look, so a count that drops right after it wakes us.
+            done.as_mut().enable();
+            if !self.is_ending() || tokio::time::timeout_at(until, done).await.is_err() {
+                return;
+            }
+        }
+    }
+
     /// The slow lane has `n` requests in flight on this connection.
     pub(super) fn set_lane_requests(&self, n: usize) {
         self.lane_requests.store(n, Ordering::Release);
@@ -1236,7 +1259,9 @@ impl FcgiConn {
                     // which `Parking::make_room` reads first.
                     let now = self.parking.idle_clock.load(Ordering::Relaxed);
                     self.parked_at.store(now, Ordering::Relaxed);
-                    self.ending.fetch_sub(1, Ordering::AcqRel);
+                    if self.ending.fetch_sub(1, Ordering::AcqRel) == 1 {
+                        self.ending_done.notify_waiters();
+                    }
                 }
                 if !ok {
                     tracing::debug!("the front server closed the connection before END_REQUEST");
@@ -1299,18 +1324,24 @@ impl FcgiConn {
         let Some(w) = self.write.try_lock() else {
             return TryEnd::NotNow;
         };
-        flags.done.store(true, Ordering::Release);
+        let was_done = flags.done.swap(true, Ordering::AcqRel);
         let (tail, n) = fcgi::response_tail(id, flags.stderr_used.load(Ordering::Acquire));
         OUT.with(|out| {
             let mut out = out.borrow_mut();
             out.clear();
             fcgi::encode_stream(&mut out, fcgi::STDOUT, id, data);
             out.extend_from_slice(&tail[..n]);
-            let flags = rustix::net::SendFlags::NOSIGNAL | rustix::net::SendFlags::DONTWAIT;
-            let sent = match rustix::net::send(self.sock.as_fd(), &out, flags) {
+            let send_flags = rustix::net::SendFlags::NOSIGNAL | rustix::net::SendFlags::DONTWAIT;
+            let sent = match rustix::net::send(self.sock.as_fd(), &out, send_flags) {
                 Ok(sent) if sent > 0 => sent,
-                // Not taken (or an error the usual way meets again): nothing changed.
-                _ => return TryEnd::NotNow,
+                // Not taken (or an error the usual way meets again): nothing changed,
+                // and the end is not out (a crash before the usual way sends it is
+                // still answered; a `wsgi.errors` line still goes out first).
+                // regression (review 413 F5): it stayed marked sent.
+                _ => {
+                    flags.done.store(was_done, Ordering::Release);
+                    return TryEnd::NotNow;
+                }
             };
             let keep_conn = match owner.end(id) {
                 Ender::Inline { keep_conn } => keep_conn,
