@@ -342,8 +342,8 @@ def application(environ, start_response):
     if path == "/use-kept-start-response":
         try:
             KEPT_START_RESPONSE("200 OK", [])(b"late")
-        except (AssertionError, OSError):
-            return text(start_response, "raised")
+        except (AssertionError, OSError) as e:
+            return text(start_response, "raised", extra=[("X-Error", str(e))])
         return text(start_response, "no error")
     if path == "/weakref-write":
         import weakref

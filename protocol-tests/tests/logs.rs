@@ -1099,7 +1099,7 @@ fn an_address_in_use_is_said_once_with_how_to_find_the_holder() {
     ]);
     assert_eq!(code, Some(1), "{err}");
     let said = format!(
-        "cannot listen on 127.0.0.1:{port}: the address is already in use by another process; find it with `ss -ltnp 'sport = :{port}'`, then stop it or choose another address"
+        "cannot listen on 127.0.0.1:{port}: the address is already in use by another process; find it with `ss -tanp 'sport = :{port}'`, then stop it or choose another address"
     );
     assert_eq!(err.matches("cannot listen").count(), 1, "{err}");
     assert!(err.contains(&said), "{err}");

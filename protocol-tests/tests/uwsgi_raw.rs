@@ -762,6 +762,14 @@ fn a_kept_start_response_or_weakly_kept_write_never_reaches_a_later_request() {
     let p = start(dir.path());
     assert_eq!(p.get("/keep-start-response").1, b"kept");
     assert_eq!(p.get("/use-kept-start-response"), (200, b"raised".to_vec()));
+    // Saying why (regression, probe 412 NIT: 'called a second time without exc_info').
+    let r = parse_http(&p.raw(&uwsgi_get("/use-kept-start-response"))).unwrap();
+    assert!(
+        r.header("X-Error")
+            .is_some_and(|e| e.starts_with("start_response() called after its request was over")),
+        "{:?}",
+        r.header("X-Error")
+    );
     assert_eq!(p.get("/weakref-write").1, b"kept");
     let (status, body) = p.get("/use-weakref-write");
     assert_eq!(status, 200);

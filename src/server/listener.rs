@@ -208,7 +208,7 @@ impl BindError {
             (_, Some(Errno::ADDRINUSE)) => BindError::InUse {
                 addr: addr_,
                 find: match addr {
-                    ListenAddr::Tcp(sa) => format!("ss -ltnp 'sport = :{}'", sa.port()),
+                    ListenAddr::Tcp(sa) => format!("ss -tanp 'sport = :{}'", sa.port()),
                     ListenAddr::Unix(p) => format!("ss -lxp | grep {}", p.display()),
                 },
             },
@@ -1590,7 +1590,7 @@ mod tests {
         let e = BindError::from_io(&tcp, Errno::ADDRINUSE.into());
         assert!(
             e.to_string().contains("already in use")
-                && e.to_string().contains("`ss -ltnp 'sport = :3031'`"),
+                && e.to_string().contains("`ss -tanp 'sport = :3031'`"),
             "{e}"
         );
         let unix: ListenAddr = "unix:/tmp/a.sock".parse().unwrap();

@@ -793,6 +793,12 @@ impl Responder {
         let exc_info = exc_info.filter(|e| !e.is_none());
         let (headers_sent, called, mut head) = {
             let mut me = st(slf);
+            // regression (probe 412 NIT): said 'called a second time without exc_info'.
+            if me.finished {
+                return Err(PyOSError::new_err(
+                    "start_response() called after its request was over (a start_response kept from an earlier request: each request has its own)",
+                ));
+            }
             let seen = (me.headers_sent, me.called);
             me.called = true;
             // A call that goes on to validation encodes into the same buffer (a refused
@@ -979,6 +985,8 @@ fn respond(
         };
         Bound::new(py, input).expect("allocating wsgi.input")
     });
+    // Ended with the request, whatever still refers to it (`Input::end`).
+    let own_input = input.clone();
     // A forwarding wsgi.errors (FastCGI): the thread's kept one when there is one.
     let errors = errors_forward.map(|f| match keys.spare_errors.borrow_mut().take() {
         Some(e) => {
@@ -1062,6 +1070,10 @@ fn respond(
         &mut errors_ended,
     );
     keys.end_request(py);
+    // (Not while a thread of the app is in the middle of a read of it: freed later.)
+    if let Some(Ok(mut input)) = own_input.as_ref().map(|i| i.try_borrow_mut()) {
+        input.end();
+    }
     // Ended in `drive` already: nothing could reach it since (its count was 1).
     let errors_alone = errors_ended || end_errors_if_alone(own_errors.as_ref());
     let mut r = st(&responder);

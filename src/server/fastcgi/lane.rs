@@ -1135,6 +1135,18 @@ pub async fn serve(
                                 // Its close after the last answer at the stop, read
                                 // before that answer's end was told to this reader.
                                 tracing::debug!(%peer, answering = ?ended.answering, "the front server closed the FastCGI connection after its last answer at the stop");
+                            } else if ended.cut.is_empty()
+                                && ended.held.is_empty()
+                                && ended.answering.iter().all(|id| {
+                                    slots.get(id).is_some_and(|s| s.flags.done.load(Ordering::Acquire))
+                                })
+                            {
+                                // Every END_REQUEST is out already, its end not yet told
+                                // to this reader: Apache (mod_proxy_fcgi without
+                                // enablereuse) closes as soon as it has read it.
+                                // regression (probe 410): an INFO line for 15 requests in
+                                // 200, which read as if they had been affected.
+                                tracing::debug!(%peer, answering = ?ended.answering, "the front server closed the FastCGI connection after its answers");
                             } else {
                                 tracing::info!(%peer, answering = ?ended.answering, cut = ?ended.cut, partial_record = buf.len(), "the front server closed its side of the FastCGI connection: answering the requests that came whole, then closing");
                             }
