@@ -446,7 +446,6 @@ fn a_status_past_599_is_warned_about_once_per_generation_and_only_when_sent() {
     assert!(line.contains("postern::wsgi::response"), "{line}");
 }
 
-/// A FastCGI GET: (status, body).
 /// The spooled request bodies (unlinked files in TMPDIR) a process holds open.
 fn spool_files(pid: i32, tmp: &Path) -> Vec<String> {
     std::fs::read_dir(format!("/proc/{pid}/fd"))
@@ -524,6 +523,7 @@ def application(environ, start_response):
     );
 }
 
+/// A FastCGI GET: (status, body).
 fn fcgi_get(addr: &Addr, path: &str) -> (u16, Vec<u8>) {
     let mut c = addr.connect().unwrap();
     c.write_all(&fcgi::get(1, false, path)).unwrap();

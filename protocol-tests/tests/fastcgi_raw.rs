@@ -1059,10 +1059,11 @@ fn a_kept_response_still_going_out_is_not_cut_when_bad_input_or_a_stalled_head_f
 /// quietly, and either the front server closes the connection somewhere in it, as nginx
 /// does after an early answer, or it sends the rest and then its next request, which is
 /// answered.
-/// regression (review 413 F3): the connection was parked at the first record boundary
-/// after the answer, its next reads went to a new reader that did not know the body had
-/// been answered, and the close logged 'the front server closed the FastCGI connection
-/// in the middle of a record' (WARN, counted as bad input).
+/// regression (review 413 F3): the connection is parked at the first record boundary
+/// after the answer, and its next reads went to a new reader that did not know the body
+/// had been answered (the ids whose bodies still come now travel with the connection):
+/// the close logged 'the front server closed the FastCGI connection in the middle of a
+/// record' (WARN, counted as bad input).
 #[test]
 fn the_rest_of_a_body_answered_413_early_is_read_quietly() {
     let dir = tempdir();
@@ -1101,6 +1102,33 @@ fn the_rest_of_a_body_answered_413_early_is_read_quietly() {
         .filter(|l| l.contains(" WARN ") && !l.contains("answered 413") && !l.contains("root"))
         .collect();
     assert!(warned.is_empty(), "{warned:#?}\n{logs}");
+}
+
+/// The rest of a body answered 413 early, trickled a byte at a time, is still under
+/// --head-timeout (a partial record, no request running), as any trickle is.
+/// regression (review 414, of a first fix for review 413 F3 that kept such a
+/// connection out of the parking): it was under --read-timeout only, which each byte
+/// refreshed, and held its place, and a stop, for as long as the peer went on.
+#[test]
+fn the_rest_of_a_body_answered_413_early_cannot_be_trickled_for_ever() {
+    let dir = tempdir();
+    let p = start(dir.path(), &["--max-body", "1000", "--threads", "4"]);
+    let mut c = Fc::open(&p);
+    let mut first = head(1, true, &vars("POST", "/echo", Some(1_000_000_000)));
+    first.extend(fcgi::record(STDIN, 1, &[b'a'; 800]));
+    c.send(&first);
+    assert_eq!(c.reply(1).cgi().0, 413, "{}", p.logs());
+    let t0 = Instant::now();
+    let mut closed = false;
+    // --head-timeout is 1 s here.
+    while t0.elapsed() < Duration::from_secs(8) {
+        if c.s.write_all(&[1]).is_err() {
+            closed = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    assert!(closed, "still open after 8 s of trickling\n{}", p.logs());
 }
 
 #[test]

@@ -230,13 +230,15 @@ impl Input {
     /// The request is over (its response sent, the app's `close()` called): a spooled
     /// body's file is closed now, which gives its disk space back at once instead of
     /// when the garbage collector frees a `wsgi.input` that a reference cycle through
-    /// the environ keeps (Django's request objects make one), and a body held in memory
-    /// is let go. A later read raises [`READ_AFTER_END`]. A body still streaming
-    /// (FastCGI STDIN) is left alone: its reads say the same themselves.
+    /// the environ keeps (Django's request objects make one); a later read of it raises
+    /// [`READ_AFTER_END`]. A body held in memory (at most `--body-spool-threshold`)
+    /// stays readable, as it always was, for a thread the app started (Flask's
+    /// `copy_current_request_context`); a body still streaming (FastCGI STDIN) says
+    /// itself that its request is over.
     /// regression (probe 412): Django workers held up to 28 unlinked 50 MB spool files
     /// (1.4 GB of /tmp, RAM where /tmp is a tmpfs) after their uploads were answered.
     pub fn end(&mut self) {
-        if self.stream.is_some() {
+        if self.file.is_none() {
             return;
         }
         self.file = None;
@@ -450,7 +452,7 @@ impl Input {
 
     #[getter]
     fn closed(&self) -> bool {
-        false
+        self.ended
     }
 }
 

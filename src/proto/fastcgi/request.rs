@@ -185,6 +185,11 @@ pub struct BegunIds {
     low: u64,
     /// Every id, once one above 64 was begun (8 KiB).
     all: Option<Box<[u64; 1024]>>,
+    /// Requests finished while their body still came (answered before the end of their
+    /// STDIN: a 413, a 400, a 431): the rest of that body is still to come, until its
+    /// empty STDIN record (or a BEGIN_REQUEST reusing the id). At most one per request
+    /// the connection may have in flight ([`ConnParser::late_body`]).
+    late: Vec<u16>,
 }
 
 impl BegunIds {
@@ -229,11 +234,6 @@ pub struct ConnParser {
     /// BEGIN_REQUESTs refused since [`take_refused`](Self::take_refused): the first
     /// one's id and status, and how many.
     refused: Option<Refusals>,
-    /// Requests finished while their body still came (answered before the end of their
-    /// STDIN: a 413, a 400, a 431): the rest of that body is still to come, until its
-    /// empty STDIN record (or a BEGIN_REQUEST reusing the id). At most one per request
-    /// the connection may have in flight.
-    late: Vec<u16>,
 }
 
 /// BEGIN_REQUESTs a connection parser refused ([`ConnParser::take_refused`]).
@@ -255,7 +255,6 @@ impl ConnParser {
             stray: None,
             begun_again: Vec::new(),
             refused: None,
-            late: Vec::new(),
         }
     }
 
@@ -338,23 +337,26 @@ impl ConnParser {
             return;
         };
         let body_coming = matches!(r.phase, Phase::Stdin | Phase::Refused);
-        if body_coming && !r.aborted && !r.begun_again && self.late.len() < self.limits.max_reqs {
-            self.late.push(id);
+        let late = &mut self.begun.late;
+        if body_coming && !r.aborted && !r.begun_again && late.len() < self.limits.max_reqs {
+            late.push(id);
         }
     }
 
-    /// True while the rest of a finished request's body is still to come: the peer is in
-    /// the middle of sending it (nginx sends a request's whole body before it reads the
-    /// answer, and may close the connection anywhere in it after an early answer).
+    /// True while the rest of a finished request's body may still come (kept across
+    /// the parsers that read the connection, with its begun ids): the peer is in the
+    /// middle of sending it. nginx sends a request's whole body before it reads the
+    /// answer, and closes the connection anywhere in it after an early answer.
     pub fn late_body(&self) -> bool {
-        !self.late.is_empty()
+        !self.begun.late.is_empty()
     }
 
     /// Request `id`'s late body has ended (its empty STDIN record), or its id is begun
     /// again.
     fn late_over(&mut self, id: u16) {
-        if let Some(i) = self.late.iter().position(|&l| l == id) {
-            self.late.swap_remove(i);
+        let late = &mut self.begun.late;
+        if let Some(i) = late.iter().position(|&l| l == id) {
+            late.swap_remove(i);
         }
     }
 
@@ -460,7 +462,7 @@ impl ConnParser {
         self.begun.mark(id);
         // A finished request's id begun anew: the peer is done with its old body (§2.9:
         // the front server chooses and reuses ids).
-        if !self.late.is_empty() {
+        if !self.begun.late.is_empty() {
             self.late_over(id);
         }
         if let Some(request) = self.requests.get_mut(&id) {
@@ -900,6 +902,18 @@ mod tests {
         assert_eq!(feed(&mut p, &record(STDIN, 1, b"")).unwrap(), vec![]);
         assert!(!p.late_body(), "its end came");
 
+        // Carried to the connection's next parser (a parked connection read again).
+        let mut bytes = head(1);
+        bytes.extend(record(STDIN, 1, b"part"));
+        feed(&mut p, &bytes).unwrap();
+        p.finished(1);
+        let mut next = parser();
+        next.set_begun(p.take_begun());
+        assert!(next.late_body());
+        assert_eq!(feed(&mut next, &record(STDIN, 1, b"")).unwrap(), vec![]);
+        assert!(!next.late_body());
+        p.set_begun(next.take_begun());
+
         // Begun anew before its end: the old body is over.
         feed(&mut p, &head(1)).unwrap();
         p.finished(1);
@@ -907,7 +921,7 @@ mod tests {
         feed(&mut p, &head(1)).unwrap();
         assert!(!p.late_body());
         p.finished(1);
-        p.late.clear();
+        p.begun.late.clear();
 
         // Whole, or aborted by the peer: nothing is late.
         feed(&mut p, &simple_request(1, true, &params_block(), b"body")).unwrap();

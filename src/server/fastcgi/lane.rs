@@ -908,16 +908,9 @@ pub async fn serve(
             break 'conn;
         }
         // (After bad input nothing is idle: the connection ends, it is never parked.)
-        // Nor while the rest of a body answered early still comes (but at the stop):
-        // parked, each of its reads would go from a Python thread to a new lane, which
-        // no longer knew the body had been answered, and nginx's close in the middle
-        // of it read as a truncated record (a WARN, counted as bad input).
-        // regression (review 413 F3): a 413 through nginx with keep-conn logged 'the
-        // front server closed the FastCGI connection in the middle of a record'.
         let idle = !eof
             && !bad_input
             && parser.active() == 0
-            && (!parser.late_body() || closing)
             && buf.is_empty()
             && backlog.is_empty()
             && stray.is_none();
@@ -940,11 +933,8 @@ pub async fn serve(
         let waiting_body = slots
             .values()
             .any(|s| s.stdin.is_some() || s.collect.is_some());
-        // (A partial record of a late body is no head.)
         let in_head = parser.awaiting_params()
-            || (parser.active() == 0
-                && !parser.late_body()
-                && (!buf.is_empty() || stray.is_some()));
+            || (parser.active() == 0 && (!buf.is_empty() || stray.is_some()));
         head_since = match (in_head, head_since) {
             (false, _) => None,
             (true, Some(t)) => Some(t),
@@ -1045,7 +1035,7 @@ pub async fn serve(
         } else if !backlog.is_empty() || held_back {
             // Waiting for the apps to read their bodies, not for the peer.
             None
-        } else if !buf.is_empty() || waiting_body || in_head || parser.late_body() {
+        } else if !buf.is_empty() || waiting_body || in_head {
             // A head must be whole within --head-timeout however steadily it trickles
             // (slow loris), as over uwsgi and SCGI; a body only may not pause longer
             // than --read-timeout.
