@@ -351,6 +351,22 @@ impl ConnParser {
         !self.begun.late.is_empty()
     }
 
+    /// `partial` (what is left of the connection's input: less than a record) may be
+    /// the start of a STDIN record of a late body: its header says STDIN for a late id,
+    /// or is too short to say. A partial record of anything else is not.
+    pub fn late_record(&self, partial: &[u8]) -> bool {
+        let late = &self.begun.late;
+        if late.is_empty() {
+            return false;
+        }
+        match partial {
+            [version, kind, hi, lo, ..] => {
+                *version == 1 && *kind == STDIN && late.contains(&u16::from_be_bytes([*hi, *lo]))
+            }
+            _ => true,
+        }
+    }
+
     /// Request `id`'s late body has ended (its empty STDIN record), or its id is begun
     /// again.
     fn late_over(&mut self, id: u16) {
@@ -910,8 +926,21 @@ mod tests {
         let mut next = parser();
         next.set_begun(p.take_begun());
         assert!(next.late_body());
+        // What a partial record left at a close may be.
+        let stdin_1 = record(STDIN, 1, b"rest");
+        assert!(next.late_record(&stdin_1[..5]), "the rest of id 1's body");
+        assert!(next.late_record(&stdin_1[..3]), "too short to say");
+        assert!(
+            !next.late_record(&record(STDIN, 2, b"x")[..5]),
+            "another id"
+        );
+        assert!(
+            !next.late_record(&begin(1, ROLE_RESPONDER, true)[..5]),
+            "a new request"
+        );
         assert_eq!(feed(&mut next, &record(STDIN, 1, b"")).unwrap(), vec![]);
         assert!(!next.late_body());
+        assert!(!next.late_record(&stdin_1[..5]), "no late body any more");
         p.set_begun(next.take_begun());
 
         // Begun anew before its end: the old body is over.

@@ -1167,7 +1167,7 @@ pub async fn serve(
                             tracing::debug!(%peer, active = parser.active(), "the front server closed the FastCGI connection with requests in flight");
                         } else if !buf.is_empty()
                             && !stdin_cut
-                            && !parser.late_body()
+                            && !parser.late_record(&buf)
                             && !ended.collected_cut
                         {
                             // (A cut collected body's partial record: its WARN, once.)
@@ -1207,7 +1207,7 @@ pub async fn serve(
                         // (fastcgi_keep_conn on) gave this WARN, counted as bad input.
                         // (The rest of a body answered early is no request's input:
                         // nginx closes wherever it stopped.)
-                        let late_only = parser.late_body() && parser.active() == 0;
+                        let late_only = parser.active() == 0 && parser.late_record(&buf);
                         if input_arriving(&parser, &slots, &buf) && !late_only {
                             said = true;
                             if slow_clients::bad_input(&peer, Reason::Truncated) {
