@@ -620,6 +620,8 @@ impl Acceptor {
                 // successors take it (about a hundred times per recycle, nginx
                 // keep-conn, 2 workers). The channel leaves this epoll; the stop
                 // still takes what is in it when the whole server stops.
+                // One whose request came with it (read by a worker whose threads were
+                // all busy) is served on this thread, now.
                 Wake::Handover => {
                     if self.leaves_handed_to_others() {
                         if let Some(c) = fastcgi::handover::Channel::get() {
@@ -627,7 +629,8 @@ impl Acceptor {
                         }
                         return None;
                     }
-                    self.adopt()
+                    drop(token);
+                    return self.adopt();
                 }
                 Wake::Queue => {
                     if queue.is_accepting() {
@@ -881,10 +884,11 @@ impl Acceptor {
     /// closes it when it would have in the worker it came from (parked, it would have
     /// no deadline at all). Adopted past `--max-connections` (counted, so accepts
     /// wait): refusing it would close a connection the hand-over exists to keep.
-    fn adopt(&self) {
-        if let Some(a) = fastcgi::handover::Channel::get().and_then(|c| c.take()) {
-            self.adopt_one(a);
-        }
+    /// One that came with its request's bytes (and room for it) is read here, its
+    /// request returned to be served on this Python thread.
+    fn adopt(&self) -> Option<Request> {
+        let a = fastcgi::handover::Channel::get().and_then(|c| c.take())?;
+        self.adopt_one(a)
     }
 
     /// Takes every connection still waiting in the hand-over channel; the I/O thread's
@@ -899,7 +903,9 @@ impl Acceptor {
         }
         let mut n = 0;
         while let Some(a) = channel.take() {
-            self.adopt_one(a);
+            if let Some(req) = self.adopt_one(a) {
+                self.queue.push(req);
+            }
             n += 1;
         }
         n
@@ -911,13 +917,13 @@ impl Acceptor {
         self.admission.limit_taken() && self.parking.hands_over()
     }
 
-    fn adopt_one(&self, a: fastcgi::handover::Adopted) {
+    fn adopt_one(&self, a: fastcgi::handover::Adopted) -> Option<Request> {
         let Some(l) = self.listeners.get(a.listener) else {
             tracing::warn!(
                 listener = a.listener,
                 "a handed-over connection names no listener of this worker; closing it"
             );
-            return;
+            return None;
         };
         let fcgi = l.info.protocol == Protocol::FastCgi;
         if !fcgi && a.fresh_for.is_none() {
@@ -925,7 +931,7 @@ impl Acceptor {
                 listener = a.listener,
                 "a handed-over kept connection names no FastCGI listener; closing it"
             );
-            return;
+            return None;
         }
         let peer = if l.tcp {
             a.sock
@@ -968,9 +974,11 @@ impl Acceptor {
                 // regression: kept connections waiting in the hand-over channel
                 // closed unread when a recycled worker's successor stopped.
                 let entry = conn.enter_lane(false);
-                return self.fcgi_to_lane(conn, BytesMut::new(), Instant::now(), entry);
+                self.fcgi_to_lane(conn, BytesMut::new(), Instant::now(), entry);
+                return None;
             }
-            return self.parking.park(conn, false);
+            self.parking.park(conn, false);
+            return None;
         };
         let now = Instant::now();
         let started = now.checked_sub(age).unwrap_or(now);
@@ -993,9 +1001,9 @@ impl Acceptor {
             }
         };
         if read {
-            // A whole head a leaving worker read and had no room for: begun here if
+            // A whole head a worker read and had no room or no thread for: begun here if
             // --max-requests leaves room, else held for the workers that serve on.
-            return self.take_up(pending::Entry {
+            return self.take_up_here(pending::Entry {
                 conn: waiting,
                 started,
             });
@@ -1008,6 +1016,7 @@ impl Acceptor {
                 self.to_lane(pending::Entry { conn, started });
             }
         }
+        None
     }
 
     /// At stop: the connections waiting for their first bytes (and those whose bytes
@@ -1098,6 +1107,71 @@ impl Acceptor {
         }
     }
 
+    /// The busy watch's look at the connections waiting for their first bytes
+    /// ([`fastcgi::relieve`]), while every Python thread of this worker runs a request:
+    /// each whose bytes have come goes, unread, to the other workers (up to `room()`
+    /// of them: their free threads), where the first free thread reads and serves it,
+    /// rather than wait here for one of these requests to end, however long they run.
+    /// Such a connection was accepted while a thread here was free, then every thread
+    /// took a request before its bytes came: behind nginx over a Unix socket (connect,
+    /// then write) a request waited for seconds while the other workers idled.
+    pub(super) fn relieve_waiting(&self, room: &dyn Fn() -> usize) -> fastcgi::Looked {
+        let mut looked = fastcgi::Looked::default();
+        let Some(ch) = fastcgi::handover::Channel::get().filter(|_| self.parking.hands_over())
+        else {
+            return looked;
+        };
+        let ready = self.pending.with_input();
+        let mut room_left: Option<usize> = None;
+        for key in ready {
+            looked.waiting += 1;
+            if looked.sent >= *room_left.get_or_insert_with(room) {
+                continue;
+            }
+            // A Python thread of this worker may have taken it meanwhile.
+            let Some(e) = self.pending.take_out(key) else {
+                looked.waiting -= 1;
+                continue;
+            };
+            let age = e.started.elapsed();
+            let sent = match &e.conn {
+                Waiting::Plain {
+                    sock,
+                    peer,
+                    listener,
+                    read,
+                    ..
+                } => match ch.send_now(sock.as_fd(), *listener, age, read) {
+                    Ok(()) => {
+                        connection::handed_on_line(peer, read.len(), connection::Why::Busy);
+                        true
+                    }
+                    Err(err) => {
+                        tracing::debug!(%peer, error = %err, "cannot hand a connection with a request waiting to a worker with a free thread; it waits here");
+                        false
+                    }
+                },
+                Waiting::Fcgi(conn) => conn.hand_on(&[], age, connection::Why::Busy),
+            };
+            if sent {
+                looked.sent += 1;
+                looked.waiting -= 1;
+                continue;
+            }
+            // Back in the epoll (its bytes wake a thread at once), else to the slow lane.
+            let started = e.started;
+            if let Err(conn) = self.pending.wait(e.conn, started) {
+                self.to_lane(pending::Entry { conn, started });
+            }
+        }
+        looked
+    }
+
+    /// Something waits for its first bytes (or is held): one load.
+    pub(super) fn anything_waiting(&self) -> bool {
+        self.pending.any()
+    }
+
     /// A connection that has sent nothing yet (or whose bytes wait unread) goes to the
     /// workers that serve on, with its age; when none does, or that fails, to the slow
     /// lane.
@@ -1156,10 +1230,18 @@ impl Acceptor {
         self.take_up(e);
     }
 
-    /// A connection whose bytes are there (in its socket, or read by a leaving
-    /// worker): read now if `--max-requests` leaves room to begin it, else held for
-    /// the workers that serve on (the stop that follows hands it to them).
+    /// [`Acceptor::take_up_here`], its request queued for this worker's threads.
     fn take_up(&self, e: pending::Entry) {
+        if let Some(req) = self.take_up_here(e) {
+            self.queue.push(req);
+        }
+    }
+
+    /// A connection whose bytes are there (in its socket, or read by the worker that
+    /// handed it over): read now if `--max-requests` leaves room to begin it (its
+    /// request returned when whole), else held for the workers that serve on (the stop
+    /// that follows hands it to them).
+    fn take_up_here(&self, e: pending::Entry) -> Option<Request> {
         // What a leaving worker read is a whole head: begun; what is in the socket may
         // not be: a place is reserved for the read.
         let room = match e.conn.permit() {
@@ -1184,14 +1266,9 @@ impl Acceptor {
             if let Err(e) = self.pending.hold(e, again) {
                 self.hand_back(e);
             }
-            return;
+            return None;
         }
-        if has_read(&e.conn) {
-            return self.to_lane(e);
-        }
-        if let Some(req) = self.read_waiting(e) {
-            self.queue.push(req);
-        }
+        self.read_waiting(e)
     }
 
     /// A new connection that has sent nothing (yet) goes where it went straight after
@@ -1209,6 +1286,7 @@ impl Acceptor {
                 // read): a request sent in time is read from the lane's first look
                 // (past its deadline, or at the stop, an empty look would close it
                 // unanswered).
+                let carried = !buf.is_empty();
                 buf.reserve(8192);
                 if let Ok(((init, _), _)) =
                     rustix::net::recv(sock.as_fd(), buf.spare_capacity_mut(), RecvFlags::empty())
@@ -1224,7 +1302,11 @@ impl Acceptor {
                     l.tcp,
                     peer,
                     (listener, l.info.clone()),
-                    Start::Fresh(buf),
+                    if carried {
+                        Start::Carried(buf)
+                    } else {
+                        Start::Fresh(buf)
+                    },
                     e.started,
                     permit,
                 );
@@ -1301,8 +1383,8 @@ impl Acceptor {
         }
     }
 
-    /// Reads a waiting connection whose first bytes are in its socket (its place
-    /// taken), as at accept.
+    /// Reads a waiting connection whose first bytes are in its socket, or came with it
+    /// from the worker that handed it over (its place taken), as at accept.
     fn read_waiting(&self, e: pending::Entry) -> Option<Request> {
         match e.conn {
             Waiting::Plain {
@@ -1310,8 +1392,8 @@ impl Acceptor {
                 peer,
                 listener,
                 permit,
-                ..
-            } => self.plain_read(listener, sock, peer, e.started, false, permit),
+                read,
+            } => self.plain_read(listener, (sock, read), peer, e.started, false, permit),
             Waiting::Fcgi(conn) => self.fcgi_read(conn, false, e.started, false),
         }
     }
@@ -1327,42 +1409,73 @@ impl Acceptor {
         may_wait: bool,
     ) -> Option<Request> {
         let l = &self.listeners[conn.listener];
-        let got = SCRATCH.with(|s| {
-            let mut s = s.borrow_mut();
-            match conn.recv(&mut s[..]) {
-                Ok(0) => Ok(None),
-                Ok(n) => {
-                    let admit = |buf: &[u8]| {
-                        fastcgi::admit_whole(
-                            &conn,
-                            buf,
-                            &l.info,
-                            &self.limits,
-                            &self.fcgi,
-                            started,
-                            parked,
-                        )
-                    };
-                    if let Some(req) = admit(&s[..n]) {
+        let admit = |buf: &[u8]| {
+            fastcgi::admit_whole(
+                &conn,
+                buf,
+                &l.info,
+                &self.limits,
+                &self.fcgi,
+                started,
+                parked,
+            )
+        };
+        // What the worker that handed it over read from it, then what came since.
+        let carried = conn.take_carried();
+        let got = if !carried.is_empty() {
+            let mut buf = carried;
+            let had = buf.len();
+            buf.resize(had + FIRST_READ, 0);
+            let more = match conn.recv(&mut buf[had..]) {
+                Ok(n) => Ok(n),
+                Err(Errno::AGAIN | Errno::INTR) => Ok(0),
+                Err(e) => Err(e),
+            };
+            more.map(|n| {
+                buf.truncate(had + n);
+                Some(match admit(&buf) {
+                    Some(req) => {
                         begin(&conn);
-                        return Ok(Some(Ok(req)));
+                        // Served here (one that goes on to the slow lane is told there:
+                        // it is never handed on again for a busy worker).
+                        conn.came_carried();
+                        Ok(req)
                     }
-                    let mut buf = BytesMut::from(&s[..n]);
-                    // A request simply larger than one read (an upload nginx has
-                    // buffered): read the rest here while it keeps arriving.
-                    if fastcgi::is_partial_simple(&buf)
-                        && fastcgi::read_rest(&conn, &mut buf, self.fcgi_cap(), &self.arrival(n))
-                    {
-                        if let Some(req) = admit(&buf) {
+                    None => Err(BytesMut::from(&buf[..])),
+                })
+            })
+        } else {
+            SCRATCH.with(|s| {
+                let mut s = s.borrow_mut();
+                match conn.recv(&mut s[..]) {
+                    Ok(0) => Ok(None),
+                    Ok(n) => {
+                        if let Some(req) = admit(&s[..n]) {
                             begin(&conn);
                             return Ok(Some(Ok(req)));
                         }
+                        let mut buf = BytesMut::from(&s[..n]);
+                        // A request simply larger than one read (an upload nginx has
+                        // buffered): read the rest here while it keeps arriving.
+                        if fastcgi::is_partial_simple(&buf)
+                            && fastcgi::read_rest(
+                                &conn,
+                                &mut buf,
+                                self.fcgi_cap(),
+                                &self.arrival(n),
+                            )
+                        {
+                            if let Some(req) = admit(&buf) {
+                                begin(&conn);
+                                return Ok(Some(Ok(req)));
+                            }
+                        }
+                        Ok(Some(Err(buf)))
                     }
-                    Ok(Some(Err(buf)))
+                    Err(e) => Err(e),
                 }
-                Err(e) => Err(e),
-            }
-        });
+            })
+        };
         let to_slow_lane = |conn: Arc<FcgiConn>, buf: BytesMut| {
             // Part of a head is no request yet: the lane counts it once whole, and
             // hands it on with its bytes when no room is left by then. regression:
@@ -1471,7 +1584,7 @@ impl Acceptor {
             self.wait_unread(conn, started);
             return None;
         }
-        self.plain_read(index, sock, peer, started, true, permit)
+        self.plain_read(index, (sock, BytesMut::new()), peer, started, true, permit)
     }
 
     /// A connection accepted with no place under `--max-requests` for it (another
@@ -1496,13 +1609,14 @@ impl Acceptor {
         }
     }
 
-    /// Reads a new uwsgi/SCGI connection: returns the request when it is complete,
-    /// else hands the connection to the slow lane. `may_wait`: one that sent nothing
-    /// yet waits in the epoll (once) instead.
+    /// Reads a new uwsgi/SCGI connection (after `carried`, what the worker that handed
+    /// it over read from it): returns the request when it is complete, else hands the
+    /// connection to the slow lane. `may_wait`: one that sent nothing yet waits in the
+    /// epoll (once) instead.
     fn plain_read(
         &self,
         index: usize,
-        sock: socket2::Socket,
+        (sock, carried): (socket2::Socket, BytesMut),
         peer: Arc<str>,
         started: Instant,
         may_wait: bool,
@@ -1513,15 +1627,19 @@ impl Acceptor {
             let mut s = s.borrow_mut();
             // Reclaims the whole buffer once the last request split from it has ended
             // (nothing to move: it is empty); a new one only while that one runs on.
-            s.reserve(PLAIN_READ);
+            s.reserve(PLAIN_READ.max(carried.len() + PLAIN_READ / 2));
+            s.extend_from_slice(&carried);
             let offered = s.spare_capacity_mut().len();
             match rustix::net::recv(sock.as_fd(), s.spare_capacity_mut(), RecvFlags::empty()) {
                 Ok(((init, _), _)) => {
                     let n = init.len();
-                    // SAFETY: recv initialised the first `n` spare bytes.
-                    unsafe { s.set_len(n) };
+                    // SAFETY: recv initialised the first `n` spare bytes after the
+                    // `carried.len()` bytes already there.
+                    unsafe { s.set_len(carried.len() + n) };
                     Ok((s.split(), n == offered))
                 }
+                // Nothing more yet: what came with it is its first read.
+                Err(Errno::AGAIN | Errno::INTR) if !carried.is_empty() => Ok((s.split(), false)),
                 Err(e) => Err(e),
             }
         });

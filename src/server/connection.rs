@@ -34,6 +34,10 @@ use crate::wsgi::{Body, ListenerInfo, Request};
 pub enum Start {
     /// Nothing, or part of a head, has arrived.
     Fresh(BytesMut),
+    /// As `Fresh`, with bytes a worker whose threads were all busy read and handed
+    /// over ([`SlowLane::busy_here`]): served here whatever this worker's threads do
+    /// (never handed on again for that, so it cannot go to and fro).
+    Carried(BytesMut),
     /// The head is decoded; the body is incomplete (or large, or over the limit). A
     /// body to be held in memory comes in its own buffer of its whole length (empty
     /// when none of it has arrived yet). The flag: the fast path's last read filled all
@@ -182,6 +186,7 @@ async fn serve<C: Conn>(
     permit: Permit,
 ) {
     let limits = &lane.limits;
+    let carried = matches!(start, Start::Carried(_));
     let (head, mut framed) = match start {
         Start::Failed(e) => {
             return bad_request(&mut conn, &peer, e, &lane, (info.protocol, started)).await
@@ -199,7 +204,7 @@ async fn serve<C: Conn>(
                 arriving: None,
             },
         ),
-        Start::Fresh(buf) => {
+        Start::Fresh(buf) | Start::Carried(buf) => {
             // Listed while its head arrives: at --max-connections, with a connection
             // waiting, the oldest partial head is closed for it (its line logged there).
             let watch = slow_clients::HeadWatch::new(&peer, started, !buf.is_empty());
@@ -263,9 +268,33 @@ async fn serve<C: Conn>(
                     // waits unread does. regression: partial heads counted, and made
                     // workers recycle (review-f4b); counted only here, they were served
                     // past the limit.
+                    let to = (listener, info.protocol);
+                    // Every thread here busy, one free elsewhere: it goes there.
+                    if !carried && lane.busy_here() {
+                        let sock = framed.conn.as_fd();
+                        if hand_on(
+                            &head,
+                            &framed.buf,
+                            sock,
+                            to,
+                            started,
+                            (&lane, Why::Busy),
+                            &peer,
+                        ) {
+                            return;
+                        }
+                    }
                     if !permit.try_begin() {
-                        let to = (listener, info.protocol);
-                        if hand_on(&head, &framed.buf, framed.conn.as_fd(), to, started, &lane) {
+                        let sock = framed.conn.as_fd();
+                        if hand_on(
+                            &head,
+                            &framed.buf,
+                            sock,
+                            to,
+                            started,
+                            (&lane, Why::NoRoom),
+                            &peer,
+                        ) {
                             return;
                         }
                     }
@@ -444,19 +473,50 @@ async fn serve<C: Conn>(
     );
 }
 
-/// `--max-requests` left no room to begin this request (the worker has taken its last
-/// one and recycles): it goes to the workers that serve on through the hand-over
-/// channel, with the bytes read (its head, framed again as it came, and what of its
-/// body came with it) ahead of what is still in its socket. False when nobody can take
-/// it (a single process, the whole server stopping) or it cannot be sent: it is served
-/// here then.
+/// Why a request whose head the slow lane read goes to another worker.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Why {
+    /// `--max-requests` left no room to begin it (the worker has taken its last one
+    /// and recycles).
+    NoRoom,
+    /// Every Python thread of this worker is busy, one of another worker is free
+    /// ([`SlowLane::busy_here`]).
+    Busy,
+}
+
+/// Lines about requests handed to a worker with a free thread: one a second at most.
+static BUSY_HANDED_LOG: RateLimit = RateLimit::new();
+
+/// Logs a request whose head the slow lane read handed on (`read` bytes with it).
+pub(crate) fn handed_on_line(peer: &str, read: usize, why: Why) {
+    match why {
+        Why::NoRoom => {
+            tracing::debug!(%peer, read, "no room left under --max-requests: the request goes to the workers that serve on")
+        }
+        Why::Busy => match BUSY_HANDED_LOG.allow() {
+            Some(unlogged) => {
+                tracing::info!(%peer, read, handed_unlogged = unlogged, "every Python thread of this worker is busy: a request goes to a worker with a free thread")
+            }
+            None => {
+                tracing::debug!(%peer, read, "every Python thread of this worker is busy: a request goes to a worker with a free thread")
+            }
+        },
+    }
+}
+
+/// The request whose head the slow lane has read goes to the workers that serve on
+/// (`why`) through the hand-over channel, with the bytes read (its head, framed again
+/// as it came, and what of its body came with it) ahead of what is still in its
+/// socket. False when nobody can take it (a single process, the whole server
+/// stopping) or it cannot be sent: it is served here then.
 fn hand_on(
     head: &Head,
     rest: &[u8],
     sock: BorrowedFd<'_>,
     (listener, protocol): (usize, Protocol),
     started: Instant,
-    lane: &SlowLane,
+    (lane, why): (&SlowLane, Why),
+    peer: &str,
 ) -> bool {
     let Some(channel) = super::fastcgi::handover::Channel::get() else {
         return false;
@@ -484,13 +544,18 @@ fn hand_on(
         read.extend_from_slice(&head.buf);
     }
     read.extend_from_slice(rest);
-    match channel.send(sock, listener, Some(started.elapsed()), &read, false) {
+    let sent = match why {
+        Why::NoRoom => channel.send(sock, listener, Some(started.elapsed()), &read, false),
+        Why::Busy => channel.send_now(sock, listener, started.elapsed(), &read),
+    };
+    match sent {
         Ok(()) => {
-            tracing::debug!(
-                read = read.len(),
-                "no room left under --max-requests: the request goes to the workers that serve on"
-            );
+            handed_on_line(peer, read.len(), why);
             true
+        }
+        Err(e) if why == Why::Busy => {
+            tracing::debug!(%peer, error = %e, "cannot hand a request over to a worker with a free thread; it waits here");
+            false
         }
         Err(e) => {
             tracing::warn!(error = %e, "cannot hand a request over to the serving workers; serving it here");

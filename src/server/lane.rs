@@ -45,6 +45,12 @@ pub struct FcgiSettings {
     pub input: Arc<super::admission::InputBudget>,
 }
 
+/// How long the request that began last on a worker whose threads are all busy has
+/// run before a request read whole there goes to the other workers instead
+/// ([`SlowLane::busy_here`]): longer than the requests a saturated worker runs back to
+/// back when they are quick, short next to one that holds its thread.
+pub const STUCK_FOR: Duration = Duration::from_millis(2);
+
 /// Handle for spawning slow-lane connections from the Python threads.
 #[derive(Clone)]
 pub struct SlowLane {
@@ -69,6 +75,38 @@ impl SlowLane {
         if let Some(m) = &self.monitor {
             m.refused(protocol, status);
         }
+    }
+
+    /// Every Python thread of this worker runs a request (an ASGI worker: its loop is
+    /// at `--max-concurrency`), there are other workers, and either one of theirs is
+    /// free or the request here that began last has run [`STUCK_FOR`] already: a
+    /// request whose head the slow lane has just read whole goes to the hand-over
+    /// channel, its bytes with it, rather than wait here for one of these to end,
+    /// however long they run. The channel is in every serving worker's epoll, this
+    /// one's too: the first Python thread of any worker to wait takes it and serves it
+    /// at once, as from a queue all workers share (when none is free within 50 ms, an
+    /// I/O thread takes it into its worker). The slow lane reads the heads that did
+    /// not come whole with the connection (Apache's `mod_proxy_fcgi` sends
+    /// BEGIN_REQUEST in a write of its own: about a third of its requests), so before
+    /// this such a request could wait in this worker's queue for seconds while the
+    /// other workers idled (probe 410).
+    ///
+    /// A free thread elsewhere covers requests that came with the long ones (probe
+    /// 410's case: they had begun microseconds before). The age covers the case where
+    /// none is free at that instant (with one thread each, the worker that takes the
+    /// first request handed over is busy for the next). Its cost: saturated by quick
+    /// requests, a thread elsewhere is often free for an instant, and some requests
+    /// are passed around that the next thread to free here would have taken about as
+    /// soon (Apache, hello, `--workers 2 --threads 1`: about 3% of the requests, some
+    /// 15% more context switches per request). Two loads on the usual path (a thread
+    /// free here).
+    pub fn busy_here(&self) -> bool {
+        self.monitor.as_ref().is_some_and(|m| {
+            m.threads_all_busy()
+                && m.has_siblings()
+                && !m.server_stopping()
+                && (m.all_busy_for().is_some_and(|d| d >= STUCK_FOR) || m.idle_elsewhere() > 0)
+        })
     }
 
     /// Runs a connection's task on the I/O runtime; the stop waits for it.

@@ -238,14 +238,11 @@ pub fn run(
     }
     // A WSGI worker whose Python threads are all busy, or an ASGI worker at its
     // --max-concurrency, hands the requests that come on its parked kept FastCGI
-    // connections to the workers with a free thread or place. With --workers 1 too: a
+    // connections, and on new connections (any protocol) accepted before their bytes
+    // came, to the workers with a free thread or place. With --workers 1 too: a
     // SIGTTIN may add one (an idle worker's watch costs nothing).
     if let (Some(_), Some(m)) = (handover, monitor.clone()) {
-        if let Some(wake) = m.all_busy_wake().filter(|_| {
-            listeners
-                .iter()
-                .any(|l| l.info.protocol == crate::codec::Protocol::FastCgi)
-        }) {
+        if let Some(wake) = m.all_busy_wake() {
             let watched = if asgi.is_some() {
                 parking.watch_at_cap()
             } else {
@@ -255,6 +252,7 @@ pub fn run(
                 tracing::warn!(error = %e, "cannot watch the parked FastCGI connections: a request on one waits for this worker's threads when all are busy");
             }
             let (m2, m3, m4) = (Arc::clone(&m), Arc::clone(&m), Arc::clone(&m));
+            let (a1, a2) = (Arc::downgrade(&acceptor), Arc::downgrade(&acceptor));
             fastcgi::relieve_on_thread(
                 Arc::clone(&parking),
                 fastcgi::Busy {
@@ -262,6 +260,12 @@ pub fn run(
                     idle_elsewhere: move || m2.idle_elsewhere(),
                     siblings: move || m3.has_siblings(),
                     ended: move || m4.requests_ended(),
+                    fresh_waiting: move || a1.upgrade().is_some_and(|a| a.anything_waiting()),
+                    fresh: move |room: &dyn Fn() -> usize| {
+                        a2.upgrade()
+                            .map(|a| a.relieve_waiting(room))
+                            .unwrap_or_default()
+                    },
                 },
                 wake,
                 idle_close.clone(),

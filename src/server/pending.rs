@@ -156,6 +156,53 @@ impl Pending {
         e
     }
 
+    /// Something waits here (waiting in the epoll, or held): one load.
+    pub fn any(&self) -> bool {
+        self.len.load(Ordering::Relaxed) > 0
+    }
+
+    /// The keys of the connections waiting in the epoll whose first bytes have come
+    /// (not a close): one poll of them, no wait. For the busy watch, while every
+    /// Python thread of this worker runs a request ([`Pending::take_out`]).
+    pub fn with_input(&self) -> Vec<u64> {
+        if !self.any() {
+            return Vec::new();
+        }
+        let st = self.state();
+        let interest = rustix::event::PollFlags::IN | rustix::event::PollFlags::RDHUP;
+        let mut fds: Vec<rustix::event::PollFd<'_>> = st
+            .conns
+            .values()
+            .map(|e| rustix::event::PollFd::from_borrowed_fd(e.conn.fd(), interest))
+            .collect();
+        let zero = rustix::event::Timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        if !matches!(rustix::event::poll(&mut fds, Some(&zero)), Ok(n) if n > 0) {
+            return Vec::new();
+        }
+        let gone = rustix::event::PollFlags::RDHUP
+            | rustix::event::PollFlags::HUP
+            | rustix::event::PollFlags::ERR;
+        fds.iter()
+            .zip(st.conns.keys())
+            .filter(|(f, _)| {
+                let r = f.revents();
+                r.contains(rustix::event::PollFlags::IN) && !r.intersects(gone)
+            })
+            .map(|(_, k)| *k)
+            .collect()
+    }
+
+    /// Takes the connection `key` names out of the epoll as well (to go to another
+    /// worker); `None` when a Python thread, the stop or its timeout took it first.
+    pub fn take_out(&self, key: u64) -> Option<Entry> {
+        let e = self.take(key)?;
+        let _ = epoll::delete(&*self.epoll, e.conn.fd());
+        Some(e)
+    }
+
     /// Lists again a connection just taken (its key, its deadline), left unread: its
     /// one-shot event is spent, so nothing wakes for it until the stop or its
     /// timeout takes it. Gives it back when stopping.
@@ -374,6 +421,32 @@ mod tests {
         // Taken by the timeout: an event for it finds nothing.
         assert!(p.take(0).is_none());
         assert!(p.take(1).is_some());
+    }
+
+    // The busy watch's look: only a connection whose bytes came is named (not a silent
+    // one, not one closed), and the one taken out is no longer in the epoll (adding it
+    // again works, as when its hand-over fails).
+    #[test]
+    fn the_busy_watch_sees_only_connections_whose_bytes_came() {
+        use std::io::Write;
+        let p = pending(Duration::from_secs(10), 8);
+        let (silent, _ps) = pair();
+        let (sent, mut ps) = pair();
+        let (closed, pc) = pair();
+        let t0 = Instant::now();
+        for s in [silent, sent, closed] {
+            p.wait(plain(s), t0).ok().unwrap();
+        }
+        assert!(p.any());
+        assert!(p.with_input().is_empty());
+        ps.write_all(b"a request").unwrap();
+        drop(pc);
+        assert_eq!(p.with_input(), vec![1]);
+        let e = p.take_out(1).expect("still waiting");
+        assert!(p.take_out(1).is_none(), "taken once");
+        assert!(p.with_input().is_empty());
+        p.wait(e.conn, e.started).ok().expect("back in the epoll");
+        assert_eq!(p.with_input(), vec![3]);
     }
 
     // The timer alone closes a waiting connection (before a9742bc only a Python thread

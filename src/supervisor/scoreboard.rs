@@ -1466,6 +1466,11 @@ impl Line {
         self.since.store(0, Ordering::Release);
     }
 
+    /// When its running request began (CLOCK_MONOTONIC ns, [`now_ns`]); 0 when idle.
+    pub fn since_ns(&self) -> u64 {
+        self.since.load(Ordering::Acquire)
+    }
+
     /// The request description (best effort).
     pub fn desc(&self) -> String {
         let n = (self.desc_len.load(Ordering::Relaxed) as usize).min(DESC);

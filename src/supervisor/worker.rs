@@ -999,6 +999,28 @@ impl crate::wsgi::Monitor for WorkerMonitor {
         self.board.idle_elsewhere(self.slot)
     }
 
+    fn all_busy_for(&self) -> Option<Duration> {
+        if self.at_cap.load(Ordering::SeqCst) {
+            return Some(Duration::MAX);
+        }
+        let threads = self.python_threads().min(self.board.threads);
+        if self.busy.load(Ordering::SeqCst) < self.python_threads() || threads == 0 {
+            return None;
+        }
+        let mut youngest = 0;
+        for t in 0..threads {
+            let since = self.board.line(self.slot, t).since_ns();
+            if since == 0 {
+                // Between its begin's count and its line (or just ended).
+                return None;
+            }
+            youngest = youngest.max(since);
+        }
+        Some(Duration::from_nanos(
+            super::scoreboard::now_ns().saturating_sub(youngest),
+        ))
+    }
+
     fn has_siblings(&self) -> bool {
         !self.standalone && self.board.target() > 1
     }

@@ -639,6 +639,12 @@ pub trait Monitor: Send + Sync {
     fn all_busy_wake(&self) -> Option<std::sync::Arc<BusyWake>> {
         None
     }
+    /// Every Python thread of this worker runs a request: for how long the one that
+    /// began last has run (an ASGI worker at `--max-concurrency`: `Duration::MAX`);
+    /// `None` while one is free. Read by the slow lane only while all are busy.
+    fn all_busy_for(&self) -> Option<std::time::Duration> {
+        None
+    }
     /// Python threads waiting for a request in the other serving WSGI workers, and the
     /// free places of the ASGI ones below their `--max-concurrency`.
     fn idle_elsewhere(&self) -> usize {

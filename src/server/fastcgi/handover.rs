@@ -10,7 +10,12 @@
 //! (any protocol) that have sent nothing yet, or whose first bytes came after a
 //! `--max-requests` worker took its last request, travel the same way, unread. So does
 //! a kept connection with a request waiting, parked in a worker whose Python threads
-//! are all busy, to a worker with one free (`Parking::relieve`).
+//! are all busy, to a worker with one free (`Parking::relieve`), and a new connection
+//! (any protocol) whose bytes came only once they all were (`relieve_waiting` in the
+//! acceptor). A request whose head the slow lane completed while they all were
+//! travels with its bytes, as below (`SlowLane::busy_here`): the first free Python
+//! thread of any worker, this one's included, takes it from the channel and serves it
+//! at once.
 //!
 //! The master makes one `SOCK_SEQPACKET` socket pair before it forks the first worker
 //! (when a listener speaks FastCGI); every worker inherits both ends. A leaving worker
@@ -199,6 +204,30 @@ impl Channel {
             None => message(listener, KEPT | nginx_bit(said_nginx), Duration::ZERO),
         };
         self.send_message(sock, &msg, read, true)
+    }
+
+    /// [`Channel::send`] for a connection whose request the slow lane read whole while
+    /// every Python thread of this worker was busy (`read`: that request, framed again,
+    /// and what followed it), from the I/O thread: never waits for room (a full
+    /// channel, `WouldBlock`, leaves the request here).
+    pub fn send_now(
+        &self,
+        sock: BorrowedFd<'_>,
+        listener: usize,
+        age: Duration,
+        read: &[u8],
+    ) -> std::io::Result<()> {
+        if crate::stop::orphaned() {
+            return Err(std::io::Error::other(
+                "the master is gone: no worker serves on to take the connection",
+            ));
+        }
+        if read.len() > MAX_READ {
+            return Err(std::io::Error::other(
+                "too many bytes read to hand the connection over",
+            ));
+        }
+        self.send_message(sock, &message(listener, FRESH, age), read, false)
     }
 
     /// Sends a kept connection whose next request is in its socket, unread, and has

@@ -2019,12 +2019,24 @@ fn handle_event(
             // workers recycle (2000 of them, --workers 2 --max-requests 100: 19
             // recycles in 6 s); counted only here and served here, 40 trickled
             // requests to --max-requests 10 were all served by one worker.
+            // Alone on its connection, it can go to another worker: one with a free
+            // thread when every thread here is busy (unless it came from one so).
+            let alone = slots.is_empty() && parser.active() == 1;
+            let reframed = || {
+                alone
+                    .then(|| reframe((id, keep_conn), &params, stdin.as_deref(), backlog, rest))
+                    .flatten()
+            };
+            if !conn.came_carried() && alone && lane.busy_here() {
+                let why = crate::server::connection::Why::Busy;
+                if reframed().is_some_and(|r| conn.hand_on(&r, conn_started.elapsed(), why)) {
+                    return Step::HandedOn;
+                }
+            }
             if let Some(p) = conn.permit() {
                 if !p.try_begin() {
-                    let read = (slots.is_empty() && parser.active() == 1)
-                        .then(|| reframe((id, keep_conn), &params, stdin.as_deref(), backlog, rest))
-                        .flatten();
-                    if read.is_some_and(|r| conn.hand_on(&r, conn_started.elapsed())) {
+                    let why = crate::server::connection::Why::NoRoom;
+                    if reframed().is_some_and(|r| conn.hand_on(&r, conn_started.elapsed(), why)) {
                         return Step::HandedOn;
                     }
                     tracing::debug!(%peer, fcgi_id = id, "no room left under --max-requests, and this FastCGI request cannot go to another worker (another request runs on its connection, or none serves on): served here");

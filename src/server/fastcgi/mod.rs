@@ -380,6 +380,13 @@ pub struct FcgiConn {
     /// the socket's: set on such a handed-over connection only, taken by the slow
     /// lane or sent on with it ([`FcgiConn::take_carried`]).
     carried: Mutex<Vec<u8>>,
+    /// It came with bytes a worker whose threads were all busy read and handed over
+    /// ([`crate::server::lane::SlowLane::busy_here`]), whose request has not begun:
+    /// that request is served here whatever this worker's threads do (never handed
+    /// on again for that, so it cannot go to and fro).
+    carried_busy: AtomicBool,
+    /// `carried` holds bytes (read without its lock on every request's first read).
+    carried_any: AtomicBool,
     /// The request ids its slow-lane parsers have seen begun (late records for them
     /// are no stray ones). Only the lane keeps it: a request served inline came whole,
     /// so no record of it can follow.
@@ -509,6 +516,8 @@ impl FcgiConn {
             parked_at: AtomicU64::new(0),
             _permit: permit,
             carried: Mutex::new(Vec::new()),
+            carried_busy: AtomicBool::new(false),
+            carried_any: AtomicBool::new(false),
             begun: Mutex::new(fcgi::BegunIds::default()),
             waiting_since: AtomicU64::new(0),
             nginx: OnceLock::new(),
@@ -552,11 +561,26 @@ impl FcgiConn {
     /// A handed-over connection comes with `read`, the bytes its leaving worker read
     /// (see `carried`).
     pub fn carry(&self, read: Vec<u8>) {
+        self.carried_busy.store(!read.is_empty(), Ordering::Relaxed);
+        self.carried_any.store(!read.is_empty(), Ordering::Relaxed);
         *self.carried.lock().unwrap_or_else(|e| e.into_inner()) = read;
+    }
+
+    /// Its first request came with it, handed over ([`FcgiConn::carry`]): true once,
+    /// for the request that begins first.
+    pub(super) fn came_carried(&self) -> bool {
+        self.carried_busy.load(Ordering::Relaxed)
+            && self.carried_busy.swap(false, Ordering::Relaxed)
     }
 
     /// The bytes a leaving worker read from it, if any (empty for most): taken once.
     pub fn take_carried(&self) -> Vec<u8> {
+        // Set before the connection was shared (the channel, then the epoll or a lock
+        // order its taker after that).
+        if !self.carried_any.load(Ordering::Relaxed) {
+            return Vec::new();
+        }
+        self.carried_any.store(false, Ordering::Relaxed);
         std::mem::take(&mut *self.carried.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
@@ -587,7 +611,13 @@ impl FcgiConn {
     /// the socket is theirs, nothing more is read or shut down here. False when no
     /// worker serves on (a single process, the whole server stopping) or the send
     /// failed: it is served here.
-    pub(super) fn hand_on(&self, read: &[u8], age: Duration) -> bool {
+    pub(super) fn hand_on(
+        &self,
+        read: &[u8],
+        age: Duration,
+        why: crate::server::connection::Why,
+    ) -> bool {
+        use crate::server::connection::Why;
         // regression (review of 5bfe91d): a multiplexing client's next request could
         // complete between a kept request's `Done` and its END_REQUEST's write; handed
         // on then, the other worker wrote on the socket while this one still did.
@@ -599,11 +629,19 @@ impl FcgiConn {
         let Some(channel) = self.parking.successors() else {
             return false;
         };
-        match channel.send(self.sock.as_fd(), self.listener, Some(age), read, false) {
+        let sent = match why {
+            Why::NoRoom => channel.send(self.sock.as_fd(), self.listener, Some(age), read, false),
+            Why::Busy => channel.send_now(self.sock.as_fd(), self.listener, age, read),
+        };
+        match sent {
             Ok(()) => {
                 self.handed_over.store(true, Ordering::Release);
-                tracing::debug!(peer = %self.peer, read = read.len(), "no room left under --max-requests: the FastCGI request goes to the workers that serve on");
+                crate::server::connection::handed_on_line(&self.peer, read.len(), why);
                 true
+            }
+            Err(e) if why == Why::Busy => {
+                tracing::debug!(peer = %self.peer, error = %e, "cannot hand a FastCGI request over to a worker with a free thread; it waits here");
+                false
             }
             Err(e) => {
                 tracing::warn!(peer = %self.peer, error = %e, "cannot hand a FastCGI request over to the serving workers; serving it here");
@@ -1838,12 +1876,17 @@ const STUCK_TICK: Duration = STUCK;
 /// What [`relieve`] asks about this worker: whether every Python thread runs a
 /// request, how many threads wait in the other serving workers, whether the master
 /// keeps other workers (`--workers`, SIGTTIN/SIGTTOU: read each time), how many
-/// requests it has finished (a count that only grows).
-pub struct Busy<A, I, S, E> {
+/// requests it has finished (a count that only grows); and what it does with the new
+/// connections waiting for their first bytes (any protocol): whether any waits, and
+/// a look that hands those whose bytes came to the other workers (up to its
+/// argument's count).
+pub struct Busy<A, I, S, E, W, F> {
     pub all_busy: A,
     pub idle_elsewhere: I,
     pub siblings: S,
     pub ended: E,
+    pub fresh_waiting: W,
+    pub fresh: F,
 }
 
 /// Lines about requests handed to another worker because every thread was busy: one a
@@ -1872,9 +1915,9 @@ const WHOLE: u64 = u64::MAX - 1;
 /// runtime, whose epoll would then hold the watch: an add into an epoll that another
 /// epoll watches takes the kernel-wide epoll nesting lock and checks for loops (each
 /// re-arm of a parked connection adds it to the watch again).
-pub fn relieve_on_thread<A, I, S, E>(
+pub fn relieve_on_thread<A, I, S, E, W, F>(
     parking: Arc<Parking>,
-    busy: Busy<A, I, S, E>,
+    busy: Busy<A, I, S, E, W, F>,
     wake: Arc<crate::wsgi::BusyWake>,
     stop: tokio_util::sync::CancellationToken,
     io: &tokio::runtime::Handle,
@@ -1883,6 +1926,8 @@ pub fn relieve_on_thread<A, I, S, E>(
     I: Fn() -> usize + Send + 'static,
     S: Fn() -> bool + Send + 'static,
     E: Fn() -> u64 + Send + 'static,
+    W: Fn() -> bool + Send + 'static,
+    F: Fn(&dyn Fn() -> usize) -> Looked + Send + 'static,
 {
     let (w, s) = (Arc::clone(&wake), stop.clone());
     let started = std::thread::Builder::new()
@@ -1928,6 +1973,11 @@ pub fn relieve_on_thread<A, I, S, E>(
 /// cap the whole epoll is in the watch, so any event in it wakes this thread (none
 /// below the cap).
 ///
+/// New connections (any protocol) accepted while a thread was free, whose first bytes
+/// came only once every thread was busy, are in no watch (they wait one-shot in the
+/// threads' epoll): the safety net's look covers them, and while any waits it looks
+/// again at each of its ticks, not once per stretch (`fresh`).
+///
 /// Then, while `all_busy()`, it looks after [`BUSY_TICK`] and every [`BUSY_TICK`]
 /// while a request waits: each parked connection with input goes, its request unread
 /// in its socket, to the workers with a free thread (`idle_elsewhere()` of them at
@@ -1935,9 +1985,9 @@ pub fn relieve_on_thread<A, I, S, E>(
 /// between busy workers), where the first free thread takes it. A worker without
 /// `siblings()` (`--workers 1`, or SIGTTOU left one) has nobody to hand it to: it
 /// only checks every [`ALONE_TICK`] whether a SIGTTIN added one. Runs until `stop`.
-pub fn relieve<A, I, S, E>(
+pub fn relieve<A, I, S, E, W, F>(
     parking: &Parking,
-    busy: Busy<A, I, S, E>,
+    busy: Busy<A, I, S, E, W, F>,
     wake: &crate::wsgi::BusyWake,
     stop: &tokio_util::sync::CancellationToken,
 ) where
@@ -1945,13 +1995,28 @@ pub fn relieve<A, I, S, E>(
     I: Fn() -> usize,
     S: Fn() -> bool,
     E: Fn() -> u64,
+    W: Fn() -> bool,
+    F: Fn(&dyn Fn() -> usize) -> Looked,
 {
     let Busy {
         all_busy,
         idle_elsewhere,
         siblings,
         ended,
+        fresh_waiting,
+        fresh,
     } = busy;
+    // The parked kept connections, then the new ones waiting for their first bytes,
+    // within the same room.
+    let look = |room: &dyn Fn() -> usize| {
+        let kept = parking.relieve(room);
+        let left = || room().saturating_sub(kept.sent);
+        let new = fresh(&left);
+        Looked {
+            sent: kept.sent + new.sent,
+            waiting: kept.waiting + new.waiting,
+        }
+    };
     let Some(watch) = parking.watch.get().or_else(|| parking.cap_watch.get()) else {
         return;
     };
@@ -2067,7 +2132,12 @@ pub fn relieve<A, I, S, E>(
                     }
                     continue;
                 }
-                Some((at, seen, false)) if seen == n && at.elapsed() >= STUCK => {
+                // Looked at again at each tick of the stretch while new connections
+                // wait for their bytes: nothing reports those that come meanwhile
+                // (they are in no watch).
+                Some((at, seen, looked))
+                    if seen == n && at.elapsed() >= STUCK && (!looked || fresh_waiting()) =>
+                {
                     stuck = Some((at, n, true));
                 }
                 Some((_, seen, _)) if seen == n => continue,
@@ -2089,7 +2159,7 @@ pub fn relieve<A, I, S, E>(
             if !all_busy() {
                 continue;
             }
-        } else if !input && parking.relieve(&idle_elsewhere).waiting == 0 {
+        } else if !input && look(&idle_elsewhere).waiting == 0 {
             // Woken by that begin (or the tick): nothing waits (the free thread took
             // it).
             wake.look.store(false, Ordering::SeqCst);
@@ -2135,7 +2205,7 @@ pub fn relieve<A, I, S, E>(
             // With a thread free here, nothing goes elsewhere: it takes what waits.
             let here = || 0;
             let room: &dyn Fn() -> usize = if busy_here { &idle_elsewhere } else { &here };
-            let looked = parking.relieve(room);
+            let looked = look(room);
             if looked.waiting == 0 {
                 break;
             }
@@ -3466,6 +3536,8 @@ mod tests {
                     idle_elsewhere: || 1,
                     siblings: || true,
                     ended: || 7,
+                    fresh_waiting: || false,
+                    fresh: |_: &dyn Fn() -> usize| Looked::default(),
                 };
                 relieve(&parking, busy, &wake, &stop);
             })
@@ -3515,6 +3587,8 @@ mod tests {
                     idle_elsewhere: || 1,
                     siblings: || true,
                     ended: || 7,
+                    fresh_waiting: || false,
+                    fresh: |_: &dyn Fn() -> usize| Looked::default(),
                 };
                 relieve(&parking, busy, &wake, &stop);
             })
