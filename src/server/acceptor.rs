@@ -888,7 +888,7 @@ impl Acceptor {
     /// request returned to be served on this Python thread.
     fn adopt(&self) -> Option<Request> {
         let a = fastcgi::handover::Channel::get().and_then(|c| c.take())?;
-        self.adopt_one(a)
+        self.adopt_one(a, true)
     }
 
     /// Takes every connection still waiting in the hand-over channel; the I/O thread's
@@ -903,7 +903,7 @@ impl Acceptor {
         }
         let mut n = 0;
         while let Some(a) = channel.take() {
-            if let Some(req) = self.adopt_one(a) {
+            if let Some(req) = self.adopt_one(a, false) {
                 self.queue.push(req);
             }
             n += 1;
@@ -917,7 +917,10 @@ impl Acceptor {
         self.admission.limit_taken() && self.parking.hands_over()
     }
 
-    fn adopt_one(&self, a: fastcgi::handover::Adopted) -> Option<Request> {
+    /// `inline`: on a Python thread, which serves a request that came whole with it
+    /// (off one, the I/O thread, its bytes go to the slow lane: reading the rest of a
+    /// body here would hold the runtime).
+    fn adopt_one(&self, a: fastcgi::handover::Adopted, inline: bool) -> Option<Request> {
         let Some(l) = self.listeners.get(a.listener) else {
             tracing::warn!(
                 listener = a.listener,
@@ -1003,10 +1006,13 @@ impl Acceptor {
         if read {
             // A whole head a worker read and had no room or no thread for: begun here if
             // --max-requests leaves room, else held for the workers that serve on.
-            return self.take_up_here(pending::Entry {
-                conn: waiting,
-                started,
-            });
+            return self.take_up_here(
+                pending::Entry {
+                    conn: waiting,
+                    started,
+                },
+                inline,
+            );
         }
         if let Err(conn) = self.pending.wait(waiting, started) {
             // Taken as this worker began to stop: back to the ones that serve on.
@@ -1232,7 +1238,7 @@ impl Acceptor {
 
     /// [`Acceptor::take_up_here`], its request queued for this worker's threads.
     fn take_up(&self, e: pending::Entry) {
-        if let Some(req) = self.take_up_here(e) {
+        if let Some(req) = self.take_up_here(e, false) {
             self.queue.push(req);
         }
     }
@@ -1240,8 +1246,9 @@ impl Acceptor {
     /// A connection whose bytes are there (in its socket, or read by the worker that
     /// handed it over): read now if `--max-requests` leaves room to begin it (its
     /// request returned when whole), else held for the workers that serve on (the stop
-    /// that follows hands it to them).
-    fn take_up_here(&self, e: pending::Entry) -> Option<Request> {
+    /// that follows hands it to them). With bytes read and not `inline` (off a Python
+    /// thread), the slow lane reads it.
+    fn take_up_here(&self, e: pending::Entry, inline: bool) -> Option<Request> {
         // What a leaving worker read is a whole head: begun; what is in the socket may
         // not be: a place is reserved for the read.
         let room = match e.conn.permit() {
@@ -1266,6 +1273,10 @@ impl Acceptor {
             if let Err(e) = self.pending.hold(e, again) {
                 self.hand_back(e);
             }
+            return None;
+        }
+        if has_read(&e.conn) && !inline {
+            self.to_lane(e);
             return None;
         }
         self.read_waiting(e)

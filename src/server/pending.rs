@@ -182,16 +182,19 @@ impl Pending {
         if !matches!(rustix::event::poll(&mut fds, Some(&zero)), Ok(n) if n > 0) {
             return Vec::new();
         }
-        let gone = rustix::event::PollFlags::RDHUP
-            | rustix::event::PollFlags::HUP
-            | rustix::event::PollFlags::ERR;
+        let gone = rustix::event::PollFlags::HUP | rustix::event::PollFlags::ERR;
         fds.iter()
-            .zip(st.conns.keys())
-            .filter(|(f, _)| {
+            .zip(st.conns.iter())
+            .filter(|(f, (_, e))| {
                 let r = f.revents();
-                r.contains(rustix::event::PollFlags::IN) && !r.intersects(gone)
+                if !r.contains(rustix::event::PollFlags::IN) || r.intersects(gone) {
+                    return false;
+                }
+                // Its peer shut its side: a request sent before that is input, a close
+                // alone is not.
+                !r.contains(rustix::event::PollFlags::RDHUP) || has_bytes(e.conn.fd())
             })
-            .map(|(_, k)| *k)
+            .map(|(_, (k, _))| *k)
             .collect()
     }
 
@@ -319,6 +322,13 @@ impl Pending {
     }
 }
 
+/// Bytes wait in `fd` (a look, nothing read).
+fn has_bytes(fd: BorrowedFd<'_>) -> bool {
+    let mut one = [0u8; 1];
+    let flags = rustix::net::RecvFlags::PEEK | rustix::net::RecvFlags::DONTWAIT;
+    matches!(rustix::net::recv(fd, &mut one[..], flags), Ok((n, _)) if n > 0)
+}
+
 /// Keeps the waiting connections' `--head-timeout` on the I/O thread, until `stop`:
 /// `expire(now)` takes those due (the same step the Python thread with the accept token
 /// runs before it waits). Without it a connection's timeout waited for a Python thread
@@ -424,8 +434,9 @@ mod tests {
     }
 
     // The busy watch's look: only a connection whose bytes came is named (not a silent
-    // one, not one closed), and the one taken out is no longer in the epoll (adding it
-    // again works, as when its hand-over fails).
+    // one, not one closed with nothing sent; one that sent its request and shut its
+    // side, yes), and the one taken out is no longer in the epoll (adding it again
+    // works, as when its hand-over fails).
     #[test]
     fn the_busy_watch_sees_only_connections_whose_bytes_came() {
         use std::io::Write;
@@ -433,20 +444,23 @@ mod tests {
         let (silent, _ps) = pair();
         let (sent, mut ps) = pair();
         let (closed, pc) = pair();
+        let (half, mut ph) = pair();
         let t0 = Instant::now();
-        for s in [silent, sent, closed] {
+        for s in [silent, sent, closed, half] {
             p.wait(plain(s), t0).ok().unwrap();
         }
         assert!(p.any());
         assert!(p.with_input().is_empty());
         ps.write_all(b"a request").unwrap();
         drop(pc);
-        assert_eq!(p.with_input(), vec![1]);
+        ph.write_all(b"a request").unwrap();
+        ph.shutdown(std::net::Shutdown::Write).unwrap();
+        assert_eq!(p.with_input(), vec![1, 3]);
         let e = p.take_out(1).expect("still waiting");
         assert!(p.take_out(1).is_none(), "taken once");
-        assert!(p.with_input().is_empty());
-        p.wait(e.conn, e.started).ok().expect("back in the epoll");
         assert_eq!(p.with_input(), vec![3]);
+        p.wait(e.conn, e.started).ok().expect("back in the epoll");
+        assert_eq!(p.with_input(), vec![3, 4]);
     }
 
     // The timer alone closes a waiting connection (before a9742bc only a Python thread

@@ -1000,11 +1000,14 @@ impl crate::wsgi::Monitor for WorkerMonitor {
     }
 
     fn all_busy_for(&self) -> Option<Duration> {
-        if self.at_cap.load(Ordering::SeqCst) {
-            return Some(Duration::MAX);
-        }
-        let threads = self.python_threads().min(self.board.threads);
-        if self.busy.load(Ordering::SeqCst) < self.python_threads() || threads == 0 {
+        // An ASGI worker's tasks have no line each: not known (only a free place
+        // elsewhere hands a request on). More threads than lines: not all seen.
+        let threads = self.python_threads();
+        if self.at_cap.load(Ordering::SeqCst)
+            || threads > self.board.threads
+            || threads == 0
+            || self.busy.load(Ordering::SeqCst) < threads
+        {
             return None;
         }
         let mut youngest = 0;

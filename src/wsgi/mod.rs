@@ -640,8 +640,8 @@ pub trait Monitor: Send + Sync {
         None
     }
     /// Every Python thread of this worker runs a request: for how long the one that
-    /// began last has run (an ASGI worker at `--max-concurrency`: `Duration::MAX`);
-    /// `None` while one is free. Read by the slow lane only while all are busy.
+    /// began last has run; `None` while one is free, and for an ASGI worker (its tasks
+    /// have no begin time to read). Read by the slow lane only while all are busy.
     fn all_busy_for(&self) -> Option<std::time::Duration> {
         None
     }

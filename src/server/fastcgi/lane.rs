@@ -2021,13 +2021,16 @@ fn handle_event(
             // requests to --max-requests 10 were all served by one worker.
             // Alone on its connection, it can go to another worker: one with a free
             // thread when every thread here is busy (unless it came from one so).
+            // (Not while the rest of an earlier request's body may still come: the ids
+            // it tracks do not travel with the connection.)
             let alone = slots.is_empty() && parser.active() == 1;
+            let movable = alone && !parser.late_body();
             let reframed = || {
                 alone
                     .then(|| reframe((id, keep_conn), &params, stdin.as_deref(), backlog, rest))
                     .flatten()
             };
-            if !conn.came_carried() && alone && lane.busy_here() {
+            if !conn.came_carried() && movable && lane.busy_here() {
                 let why = crate::server::connection::Why::Busy;
                 if reframed().is_some_and(|r| conn.hand_on(&r, conn_started.elapsed(), why)) {
                     return Step::HandedOn;
