@@ -975,6 +975,21 @@ proptest! {
         let mut defaults = DEFAULTS;
         let expected_script = match style {
             PathStyle::ScriptAndWholePath => {
+                // A whole path that goes on with the mount's name again cannot be told
+                // from one the front server split already when its decoded path has
+                // `//`, `.` or `..` segments (it normalises them, REQUEST_URI keeps
+                // them): kept whole, as postern keeps such a path in doubt (cutting it
+                // again is what let `/pf/pf//../admin` past an Apache rule on
+                // `/pf/admin`), not checked here.
+                // regression: the property drew `/aa/aa//{` mounted at `/aa` (its seed
+                // is kept).
+                let rest = &path[mount.len()..];
+                prop_assume!(
+                    mount.is_empty()
+                        || !(rest.starts_with(&mount)
+                            && rest.get(mount.len()).is_none_or(|&b| b == b'/'))
+                        || cgi::normalise_path(&path)[..] == path[..]
+                );
                 pairs.push((b"SCRIPT_NAME".to_vec(), script));
                 pairs.push((b"PATH_INFO".to_vec(), path.clone()));
                 defaults.modifier30 = modifier30;

@@ -903,9 +903,8 @@ impl Acceptor {
         }
         let mut n = 0;
         while let Some(a) = channel.take() {
-            if let Some(req) = self.adopt_one(a, false) {
-                self.queue.push(req);
-            }
+            // (Not inline: nothing is returned, the slow lane reads what came whole.)
+            let _ = self.adopt_one(a, false);
             n += 1;
         }
         n
@@ -1236,18 +1235,18 @@ impl Acceptor {
         self.take_up(e);
     }
 
-    /// [`Acceptor::take_up_here`], its request queued for this worker's threads.
+    /// [`Acceptor::take_up_here`] off the Python threads' own read: the slow lane
+    /// reads it (nothing is returned then).
     fn take_up(&self, e: pending::Entry) {
-        if let Some(req) = self.take_up_here(e, false) {
-            self.queue.push(req);
-        }
+        let _ = self.take_up_here(e, false);
     }
 
     /// A connection whose bytes are there (in its socket, or read by the worker that
     /// handed it over): read now if `--max-requests` leaves room to begin it (its
     /// request returned when whole), else held for the workers that serve on (the stop
-    /// that follows hands it to them). With bytes read and not `inline` (off a Python
-    /// thread), the slow lane reads it.
+    /// that follows hands it to them). Not `inline` (possibly off a Python thread: the
+    /// I/O thread's timeouts and adoptions), the slow lane reads it: reading the rest
+    /// of a body here could hold the runtime up to 50 ms.
     fn take_up_here(&self, e: pending::Entry, inline: bool) -> Option<Request> {
         // What a leaving worker read is a whole head: begun; what is in the socket may
         // not be: a place is reserved for the read.
@@ -1275,7 +1274,7 @@ impl Acceptor {
             }
             return None;
         }
-        if has_read(&e.conn) && !inline {
+        if !inline {
             self.to_lane(e);
             return None;
         }

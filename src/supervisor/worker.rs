@@ -1001,7 +1001,7 @@ impl crate::wsgi::Monitor for WorkerMonitor {
 
     fn all_busy_for(&self) -> Option<Duration> {
         // An ASGI worker's tasks have no line each: not known (only a free place
-        // elsewhere hands a request on). More threads than lines: not all seen.
+        // elsewhere hands a request on). (A board without lines has no busy count.)
         let threads = self.python_threads();
         if self.at_cap.load(Ordering::SeqCst)
             || threads > self.board.threads

@@ -2023,10 +2023,9 @@ fn handle_event(
             // thread when every thread here is busy (unless it came from one so).
             // (Not while the rest of an earlier request's body may still come: the ids
             // it tracks do not travel with the connection.)
-            let alone = slots.is_empty() && parser.active() == 1;
-            let movable = alone && !parser.late_body();
+            let movable = slots.is_empty() && parser.active() == 1 && !parser.late_body();
             let reframed = || {
-                alone
+                movable
                     .then(|| reframe((id, keep_conn), &params, stdin.as_deref(), backlog, rest))
                     .flatten()
             };
