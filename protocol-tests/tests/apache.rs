@@ -392,6 +392,39 @@ fn an_app_path_repeating_the_mount_s_name_is_not_cut_twice() {
     }
 }
 
+/// Behind an Apache with `MergeSlashes Off`, a `..` takes away the empty segment of a
+/// `//`: `/mount/mount//../env` is `/mount/mount/env` to Apache (split as `/mount` +
+/// `/mount/env`), and postern keeps it so.
+/// regression (review 417): postern merged `//` before resolving `..`, read the path as
+/// the whole `/mount/env` and cut it again: the app got `/env`, a path Apache's rules
+/// never saw.
+#[test]
+fn a_split_path_behind_merge_slashes_off_is_not_cut_again() {
+    for (proto, file) in [
+        (Proto::FastCgi, "postern-fcgi.conf"),
+        (Proto::Uwsgi, "postern-uwsgi.conf"),
+    ] {
+        let Some(s) = stack(proto, file, "/mount", &testapp(), &[], None, |c| {
+            c + "\nMergeSlashes Off\n"
+        }) else {
+            return;
+        };
+        for (target, path_info) in [
+            ("/mount/mount//../env?q=1", "/mount/env"),
+            ("/mount/mount/x//..//../env", "/mount/x/env"),
+        ] {
+            let env = s.env(target, &[]);
+            show_env(&format!("{file} {target}"), &env);
+            assert_eq!(
+                (env["SCRIPT_NAME"].as_str(), env["PATH_INFO"].as_str()),
+                (Some("/mount"), Some(path_info)),
+                "{file} {target}"
+            );
+        }
+        s.assert_clean_logs();
+    }
+}
+
 /// The root-mount variant without proxy-fcgi-pathinfo and without --mount: Apache
 /// sends the path as SCRIPT_NAME, postern moves it to PATH_INFO.
 #[test]

@@ -776,8 +776,19 @@ fn split_already(request_uri: Option<&[u8]>, script: &[u8], path: &[u8]) -> bool
     if both(raw) {
         return true;
     }
-    let whole = request_path(uri);
-    if *whole == *path {
+    // Two readings of the path: `//` merged before `.` and `..` are resolved (nginx's
+    // and Apache's defaults), or kept, a `..` then taking an empty segment away
+    // (`merge_slashes off`, `MergeSlashes Off`): `/pf/pf//../admin` is `/pf/admin` in
+    // the one and `/pf/pf/admin` in the other. Split by either, it is kept: cutting
+    // it again would pass `/pf/admin` to the app behind a front server whose rules saw
+    // `/pf/pf/admin`. (A kept reading has at least the merged one's non-empty segments,
+    // so a path split by the merged reading is never the kept one's whole path.)
+    let merged = request_path(uri);
+    let kept = request_path_as(uri, Slashes::Kept);
+    if both(&merged) || both(&kept) {
+        return true;
+    }
+    if *merged == *path || *kept == *path {
         return false;
     }
     let twice = |p: &[u8]| {
@@ -785,7 +796,7 @@ fn split_already(request_uri: Option<&[u8]>, script: &[u8], path: &[u8]) -> bool
             .and_then(|rest| rest.strip_prefix(script))
             .is_some_and(|rest| rest.is_empty() || rest[0] == b'/')
     };
-    both(&whole) || twice(&whole) || twice(raw)
+    twice(&merged) || twice(&kept) || twice(raw)
 }
 
 /// The path part of a request target: up to `?` or `#` (nginx's `$uri` stops at a raw
@@ -812,10 +823,26 @@ fn target_path(uri: &[u8]) -> &[u8] {
 /// path).
 #[inline(never)]
 pub fn request_path(uri: &[u8]) -> Cow<'_, [u8]> {
+    request_path_as(uri, Slashes::Merged)
+}
+
+/// [`request_path`], with `//` merged or kept.
+fn request_path_as(uri: &[u8], slashes: Slashes) -> Cow<'_, [u8]> {
     match percent_decode_cow(target_path(uri)) {
-        Cow::Borrowed(p) => normalise_path(p),
-        Cow::Owned(p) => Cow::Owned(normalise_path(&p).into_owned()),
+        Cow::Borrowed(p) => normalise_path_as(p, slashes),
+        Cow::Owned(p) => Cow::Owned(normalise_path_as(&p, slashes).into_owned()),
     }
+}
+
+/// How a front server reads `//` in a path before it resolves `.` and `..`.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Slashes {
+    /// Merged into one first (nginx's `merge_slashes on` and Apache's `MergeSlashes
+    /// On`, both the default): `/a//../b` is `/b`.
+    Merged,
+    /// Kept, each `//` an empty segment that a `..` takes away (`merge_slashes off`,
+    /// `MergeSlashes Off`): `/a//../b` is `/a/b`, `/a//./b` is `/a//b`.
+    Kept,
 }
 
 /// Where the path of an absolute-form target (`scheme://authority/path`) starts: the
@@ -843,7 +870,13 @@ fn scheme_and_authority_end(t: &[u8]) -> Option<usize> {
 /// a path that ended in a `/`, `.` or `..` segment still ends in `/`. Anything else is
 /// returned as it is.
 pub fn normalise_path(p: &[u8]) -> Cow<'_, [u8]> {
-    let odd = |s: &[u8]| s.is_empty() || s == b"." || s == b"..";
+    normalise_path_as(p, Slashes::Merged)
+}
+
+/// [`normalise_path`], with `//` merged or kept as `slashes` says.
+pub fn normalise_path_as(p: &[u8], slashes: Slashes) -> Cow<'_, [u8]> {
+    let merge = slashes == Slashes::Merged;
+    let odd = |s: &[u8]| (merge && s.is_empty()) || s == b"." || s == b"..";
     let Some(rest) = p.strip_prefix(b"/") else {
         return Cow::Borrowed(p);
     };
@@ -861,7 +894,8 @@ pub fn normalise_path(p: &[u8]) -> Cow<'_, [u8]> {
     for s in segments() {
         trailing = odd(s);
         match s {
-            b"" | b"." => {}
+            b"" if merge => {}
+            b"." => {}
             b".." => {
                 let keep = out.iter().rposition(|&b| b == b'/').unwrap_or(0);
                 out.truncate(keep);
@@ -1225,6 +1259,24 @@ mod tests {
             assert_eq!(split(&pairs, false), p("/pf", "/pf/admin/users"), "{uri}");
             assert_eq!(split(&pairs, true), p("/pf", "/pf/admin/users"), "{uri}");
         }
+        // regression (review 417): behind a front server that keeps `//` (Apache's
+        // `MergeSlashes Off`, nginx's `merge_slashes off`) `/pf/pf//../admin/users` is
+        // `/pf/pf/admin/users`, split as `/pf` + `/pf/admin/users`; merging `//` first
+        // read that as the whole path and cut it, and the app got `/admin/users`. In
+        // doubt (merged, it is the whole path), kept.
+        for (uri, path_info) in [
+            ("/pf/pf//../admin/users", "/pf/admin/users"),
+            ("/pf/pf//../admin//users", "/pf/admin//users"),
+            ("/pf/pf/x//..//../admin", "/pf/x/admin"),
+        ] {
+            let pairs = [
+                ("SCRIPT_NAME", "/pf"),
+                ("PATH_INFO", path_info),
+                ("REQUEST_URI", uri),
+            ];
+            assert_eq!(split(&pairs, false), p("/pf", path_info), "{uri}");
+            assert_eq!(split(&pairs, true), p("/pf", path_info), "{uri}");
+        }
         assert_eq!(
             split(
                 &[
@@ -1344,6 +1396,27 @@ mod tests {
             assert_eq!(&request_path(uri.as_bytes())[..], want.as_bytes(), "{uri}");
         }
         assert!(matches!(request_path(b"/a/b/?q"), Cow::Borrowed(_)));
+        // With `//` kept, as nginx 1.22's `$uri` under `merge_slashes off` reads them.
+        let kept = [
+            ("/pf/pf//../admin/users", "/pf/pf/admin/users"),
+            ("/a//../b", "/a/b"),
+            ("/a///../../b", "/a/b"),
+            ("/a/%2e%2e/b", "/b"),
+            ("/a//%2E%2E/b", "/a/b"),
+            ("/a//./b", "/a//b"),
+            ("/a//b//", "/a//b//"),
+            ("/a//..", "/a/"),
+            ("/a/./", "/a/"),
+            ("/..", "/"),
+        ];
+        for (uri, want) in kept {
+            let got = request_path_as(uri.as_bytes(), Slashes::Kept);
+            assert_eq!(&got[..], want.as_bytes(), "{uri}");
+        }
+        assert!(matches!(
+            request_path_as(b"//a//b/", Slashes::Kept),
+            Cow::Borrowed(_)
+        ));
         let cgi = run_with(
             &[
                 ("REQUEST_METHOD", "GET"),

@@ -1054,6 +1054,40 @@ proptest! {
         prop_assert!(path_info.is_empty() || path_info[0] == b'/');
     }
 
+    /// A path the front server split already (SCRIPT_NAME the mount, PATH_INFO the rest
+    /// of its normalised path, REQUEST_URI as sent) reaches the app as it was split,
+    /// whether that front server merges `//` before it resolves `.` and `..` (the
+    /// default) or keeps them (`merge_slashes off`, `MergeSlashes Off`): never cut
+    /// again, which would pass the app a path the front server's rules never saw.
+    #[test]
+    fn props_environ_a_split_path_is_never_cut_again(
+        segments in vec(prop_oneof![
+            2 => Just(&b""[..]), 1 => Just(&b"."[..]), 2 => Just(&b".."[..]),
+            3 => Just(&b"m"[..]), 3 => Just(&b"x"[..]), 1 => Just(&b"%2e%2E"[..]),
+        ], 1..10),
+        slashes in prop_oneof![Just(cgi::Slashes::Merged), Just(cgi::Slashes::Kept)],
+    ) {
+        let mut uri = b"/m".to_vec();
+        for s in &segments {
+            uri.push(b'/');
+            uri.extend_from_slice(s);
+        }
+        let seen = cgi::normalise_path_as(&cgi::percent_decode(&uri), slashes).into_owned();
+        // Split when the front server's path goes on past the mount at a `/`.
+        prop_assume!(seen.len() > 2 && seen.starts_with(b"/m/"));
+        let pairs: Pairs = vec![
+            (b"REQUEST_METHOD".to_vec(), b"GET".to_vec()),
+            (b"SCRIPT_NAME".to_vec(), b"/m".to_vec()),
+            (b"PATH_INFO".to_vec(), seen[2..].to_vec()),
+            (b"REQUEST_URI".to_vec(), uri.clone()),
+        ];
+        let cgi = run(&pairs, DEFAULTS).unwrap();
+        let (script_name, _) = lookup(&cgi, b"SCRIPT_NAME");
+        let (path_info, _) = lookup(&cgi, b"PATH_INFO");
+        prop_assert_eq!(script_name.unwrap(), &b"/m"[..]);
+        prop_assert_eq!(path_info.unwrap(), &seen[2..]);
+    }
+
     /// Whatever the pairs: each key is in the environ once; the variables the rules
     /// promise exist; `known` names the key it is stored with (the environ builder uses
     /// its interned name); HTTP_PROXY, HTTP_TRANSFER_ENCODING and the HTTP_CONTENT_*
