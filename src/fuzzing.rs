@@ -912,7 +912,9 @@ pub fn cgi_normalise(data: &[u8]) {
         Err(e) => {
             return assert!(matches!(
                 e,
-                ProtoError::BadContentLength(_) | ProtoError::ConflictingLength { .. }
+                ProtoError::BadContentLength(_)
+                    | ProtoError::ConflictingLength { .. }
+                    | ProtoError::AmbiguousPath { .. }
             ))
         }
     };

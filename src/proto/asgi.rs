@@ -799,7 +799,9 @@ mod tests {
                     Err(e) => {
                         let length_error = matches!(
                             e,
-                            ProtoError::BadContentLength(_) | ProtoError::ConflictingLength { .. }
+                            ProtoError::BadContentLength(_)
+                                | ProtoError::ConflictingLength { .. }
+                                | ProtoError::AmbiguousPath { .. }
                         );
                         prop_assert!(length_error, "{}", e);
                         return Ok(());

@@ -542,6 +542,7 @@ pub fn normalise_into<'a>(
         }
     }
     let mut path = path.unwrap_or_default();
+    let sent_script = script;
     let (s, rest) = split_script_name(script, &path, defaults.modifier30);
     let (script, mut cut) = (s, path.len() - rest.len());
     // A PATH_INFO that starts with SCRIPT_NAME is the whole path (nginx's uwsgi_params
@@ -549,11 +550,12 @@ pub fn normalise_into<'a>(
     // (Apache's `ProxyPass /app/ fcgi://…`, `fastcgi_split_path_info`, a regex
     // capture) and the app's own path starts with the mount's name (`/app/app/x`:
     // `/app` + `/app/x`). Cut again, the app got `/x`, a path the front server's access
-    // rules for `/app/x` never saw; kept wrongly, it gets a longer path (a 404 at
-    // worst): in doubt, kept ([`split_already`]).
+    // rules for `/app/x` never saw. Kept wrongly, it gets `/app/x` for a request the
+    // rules saw as `/app/x` whole. A request that reads either way is refused
+    // ([`split_already`]).
     // regression (probe 382): such a request reached `/app/admin` past a `<Location
     // /app/admin>` that denied it.
-    if cut > 0 && split_already(request_uri, script, &path) {
+    if cut > 0 && split_already((request_uri, document_uri), (sent_script, script), &path)? {
         cut = 0;
         cgi.notes.add(Notes::SPLIT_ALREADY);
     }
@@ -754,49 +756,120 @@ pub fn url_scheme(
 }
 
 /// `path` (a PATH_INFO that starts with `script` and `/`) came with its mount point cut
-/// off already: the request's path (REQUEST_URI's, as sent or as [`request_path`]
-/// makes it) is not `path` itself but `script` then `path`, or, when it is neither
-/// (the front server read it another way than postern: a NoDecode `%2F`, a raw `#`),
-/// it starts with `script` twice. Only a path the front server rewrote (`path` is
-/// then the rewritten whole path) is none of these: cut, as without REQUEST_URI.
-#[cold]
+/// off already: the request's path (REQUEST_URI's, as sent or as a front server reads
+/// it) is not `path` itself but `script` (or `sent`, SCRIPT_NAME as it came, a
+/// trailing `/` kept) then `path`, or, when it is neither (the front server read it
+/// another way than postern: a NoDecode `%2F`, a raw `#`), it starts with `script`
+/// twice. Only a path the front server rewrote (`path` is then the rewritten whole
+/// path) is none of these: cut, as without REQUEST_URI.
+///
+/// DOCUMENT_URI (nginx's `$document_uri`, in its stock FastCGI and SCGI params) is the
+/// front server's own reading, and settles it. Else REQUEST_URI is read the ways front
+/// servers read a path: nginx decodes every escape, then merges `//` (unless
+/// `merge_slashes off`) and resolves `.` and `..`; Apache resolves them before it
+/// decodes a `%2F` (and merges `//` unless `MergeSlashes Off`). Those readings differ
+/// only for a path with `//` or `%2F` next to `..`: `/pf/pf//../admin` is `/pf/admin`
+/// merged and `/pf/pf/admin` kept. Split by one reading and whole by another, the
+/// request is refused (a 400): kept, the app would get `/pf/admin` behind an nginx
+/// whose rules saw `/pf/admin` as the whole path; cut, `/admin` behind one that keeps
+/// `//` and saw `/pf/pf/admin`. No client but an attacker's sends such a path.
 #[inline(never)]
-fn split_already(request_uri: Option<&[u8]>, script: &[u8], path: &[u8]) -> bool {
+fn split_already(
+    (request_uri, document_uri): (Option<&[u8]>, Option<&[u8]>),
+    (sent, script): (&[u8], &[u8]),
+    path: &[u8],
+) -> Result<bool, ProtoError> {
     let Some(uri) = request_uri else {
-        return false;
+        return Ok(false);
     };
     let raw = target_path(uri);
     // The whole path as sent (the usual mounted request): cut, with no work more.
     if raw == path {
-        return false;
+        return Ok(false);
     }
     let both = |p: &[u8]| {
-        p.len() == script.len() + path.len() && p.starts_with(script) && p.ends_with(path)
+        [script, sent]
+            .iter()
+            .any(|s| p.len() == s.len() + path.len() && p.starts_with(s) && p.ends_with(path))
     };
     if both(raw) {
-        return true;
+        return Ok(true);
     }
-    // Two readings of the path: `//` merged before `.` and `..` are resolved (nginx's
-    // and Apache's defaults), or kept, a `..` then taking an empty segment away
-    // (`merge_slashes off`, `MergeSlashes Off`): `/pf/pf//../admin` is `/pf/admin` in
-    // the one and `/pf/pf/admin` in the other. Split by either, it is kept: cutting
-    // it again would pass `/pf/admin` to the app behind a front server whose rules saw
-    // `/pf/pf/admin`. (A kept reading has at least the merged one's non-empty segments,
-    // so a path split by the merged reading is never the kept one's whole path.)
-    let merged = request_path(uri);
-    let kept = request_path_as(uri, Slashes::Kept);
-    if both(&merged) || both(&kept) {
-        return true;
+    if let Some(d) = document_uri {
+        if d == path {
+            return Ok(false);
+        }
+        if both(d) {
+            return Ok(true);
+        }
     }
-    if *merged == *path || *kept == *path {
-        return false;
+    let readings = front_readings(raw);
+    let whole = readings.iter().any(|r| **r == *path);
+    let split = readings.iter().any(|r| both(r));
+    if whole && split {
+        return Err(ProtoError::AmbiguousPath {
+            uri: String::from_utf8_lossy(uri).into_owned(),
+        });
+    }
+    if whole || split {
+        return Ok(split);
     }
     let twice = |p: &[u8]| {
         p.strip_prefix(script)
             .and_then(|rest| rest.strip_prefix(script))
             .is_some_and(|rest| rest.is_empty() || rest[0] == b'/')
     };
-    twice(&merged) || twice(&kept) || twice(raw)
+    Ok(readings.iter().any(|r| twice(r)) || twice(raw))
+}
+
+/// The paths front servers make of `raw` (a request target's path, as sent): nginx's
+/// default reading ([`request_path`]), then, where they differ from it, the reading with
+/// `//` kept (`merge_slashes off`, `MergeSlashes Off`) and Apache's (`.` and `..`
+/// resolved before a `%2F` is decoded), merged and kept.
+fn front_readings(raw: &[u8]) -> Vec<Cow<'_, [u8]>> {
+    let decoded = percent_decode_cow(raw);
+    let mut out = vec![Cow::Owned(normalise_path(&decoded).into_owned())];
+    let slashes_kept = decoded.windows(2).any(|w| w == b"//");
+    if slashes_kept {
+        out.push(Cow::Owned(
+            normalise_path_as(&decoded, Slashes::Kept).into_owned(),
+        ));
+    }
+    let encoded_slash = raw
+        .windows(3)
+        .any(|w| w[0] == b'%' && w[1] == b'2' && w[2].eq_ignore_ascii_case(&b'f'));
+    if encoded_slash {
+        let unreserved = decode_unreserved(raw);
+        for slashes in [Slashes::Merged, Slashes::Kept] {
+            let p = normalise_path_as(&unreserved, slashes);
+            out.push(Cow::Owned(percent_decode(&p)));
+        }
+    }
+    out
+}
+
+/// `p` with only the escapes of unreserved characters (RFC 3986 §2.3: letters, digits,
+/// `-`, `.`, `_`, `~`) decoded, as Apache decodes a path before it resolves `.` and
+/// `..` (so `%2E%2E` is `..` there, and `%2F` not a `/`).
+pub fn decode_unreserved(p: &[u8]) -> Vec<u8> {
+    let hex = |b: u8| (b as char).to_digit(16).map(|d| d as u8);
+    let mut out = Vec::with_capacity(p.len());
+    let mut i = 0;
+    while i < p.len() {
+        if p[i] == b'%' && i + 2 < p.len() {
+            if let (Some(h), Some(l)) = (hex(p[i + 1]), hex(p[i + 2])) {
+                let c = h << 4 | l;
+                if c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~') {
+                    out.push(c);
+                    i += 3;
+                    continue;
+                }
+            }
+        }
+        out.push(p[i]);
+        i += 1;
+    }
+    out
 }
 
 /// The path part of a request target: up to `?` or `#` (nginx's `$uri` stops at a raw
@@ -1259,24 +1332,75 @@ mod tests {
             assert_eq!(split(&pairs, false), p("/pf", "/pf/admin/users"), "{uri}");
             assert_eq!(split(&pairs, true), p("/pf", "/pf/admin/users"), "{uri}");
         }
-        // regression (review 417): behind a front server that keeps `//` (Apache's
-        // `MergeSlashes Off`, nginx's `merge_slashes off`) `/pf/pf//../admin/users` is
-        // `/pf/pf/admin/users`, split as `/pf` + `/pf/admin/users`; merging `//` first
-        // read that as the whole path and cut it, and the app got `/admin/users`. In
-        // doubt (merged, it is the whole path), kept.
-        for (uri, path_info) in [
-            ("/pf/pf//../admin/users", "/pf/admin/users"),
-            ("/pf/pf//../admin//users", "/pf/admin//users"),
-            ("/pf/pf/x//..//../admin", "/pf/x/admin"),
+        // A path that is split by one front server's reading of REQUEST_URI and whole
+        // by another's is refused (review 417: `/pf/pf//../admin/users` is `/pf/pf/admin/
+        // users` behind `merge_slashes off`, split as `/pf` + `/pf/admin/users`, and cut
+        // again the app got `/admin/users`; review 418: kept for that, the same request
+        // sent whole by a default nginx as `/pf/admin/users` reached the app's
+        // `/pf/admin/users`; Apache resolves `..` before it decodes `%2F`, nginx after).
+        let refused = |pairs: &[(&'static str, &'static str)]| {
+            let mut all = vec![("REQUEST_METHOD", "GET")];
+            all.extend_from_slice(pairs);
+            let got = normalise(
+                all.iter().map(|(k, v)| (k.as_bytes(), v.as_bytes())),
+                Defaults::default(),
+            );
+            matches!(got, Err(ProtoError::AmbiguousPath { .. }))
+        };
+        for (script, uri, path_info) in [
+            ("/pf", "/pf/pf//../admin/users", "/pf/admin/users"),
+            ("/wf", "/wf/wf//../admin", "/wf/admin"),
+            ("/pf", "/pf/pf/a%2F../../admin/users", "/pf/admin/users"),
+            ("/pf", "/pf/pf/%2F/%2E.", "/pf/"),
+            ("/pf/", "/pf//x//../../pf/admin", "/pf/admin"),
+        ] {
+            let pairs = [
+                ("SCRIPT_NAME", script),
+                ("PATH_INFO", path_info),
+                ("REQUEST_URI", uri),
+            ];
+            assert!(refused(&pairs), "{uri}");
+        }
+        // Split by every reading (or whole by every one): no doubt.
+        for (uri, path_info, want) in [
+            ("/pf/pf/x//..//../admin", "/pf/x/admin", "/pf/x/admin"),
+            ("/pf/pf/x//..//../admin", "/pf/admin", "/admin"),
+            // A PATH_INFO with `//` comes from a front server that keeps them.
+            (
+                "/pf/pf//../admin//users",
+                "/pf/admin//users",
+                "/pf/admin//users",
+            ),
+            ("/pf/pf/a%2Fb/../admin", "/pf/pf/admin", "/pf/admin"),
+            ("/pf/pf/a%2Fb/../admin", "/pf/a/admin", "/pf/a/admin"),
         ] {
             let pairs = [
                 ("SCRIPT_NAME", "/pf"),
                 ("PATH_INFO", path_info),
                 ("REQUEST_URI", uri),
             ];
-            assert_eq!(split(&pairs, false), p("/pf", path_info), "{uri}");
-            assert_eq!(split(&pairs, true), p("/pf", path_info), "{uri}");
+            assert_eq!(split(&pairs, false), p("/pf", want), "{uri}");
         }
+        // DOCUMENT_URI, nginx's own reading, settles it.
+        let with_document_uri = |document_uri| {
+            split(
+                &[
+                    ("SCRIPT_NAME", "/pf"),
+                    ("PATH_INFO", "/pf/admin/users"),
+                    ("REQUEST_URI", "/pf/pf//../admin/users"),
+                    ("DOCUMENT_URI", document_uri),
+                ],
+                false,
+            )
+        };
+        assert_eq!(
+            with_document_uri("/pf/admin/users"),
+            p("/pf", "/admin/users")
+        );
+        assert_eq!(
+            with_document_uri("/pf/pf/admin/users"),
+            p("/pf", "/pf/admin/users")
+        );
         assert_eq!(
             split(
                 &[

@@ -120,6 +120,10 @@ pub enum ProtoError {
     HttpOnUwsgi,
     #[error("CONTENT_LENGTH {0:?} is not a valid length (decimal digits, below 2^63)")]
     BadContentLength(String),
+    /// A mounted path that reads as split at the mount by one front server's reading of
+    /// REQUEST_URI and as the whole path by another (see `cgi::split_already`).
+    #[error("REQUEST_URI {uri:?} reads both as the mount point then the path PATH_INFO holds and as that path whole, depending on how the front server treats `//` or `%2F` beside `..`: refused rather than guess which path the front server's rules saw")]
+    AmbiguousPath { uri: String },
     /// Two lengths for one body: a request-smuggling shape, refused over every protocol.
     #[error("CONTENT_LENGTH sent twice with different values ({first:?}, then {then:?}): the body length is ambiguous")]
     ConflictingLength { first: String, then: String },
