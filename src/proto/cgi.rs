@@ -767,7 +767,8 @@ pub fn url_scheme(
 /// front server's own reading, and settles it. Else REQUEST_URI is read the ways front
 /// servers read a path: nginx decodes every escape, then merges `//` (unless
 /// `merge_slashes off`) and resolves `.` and `..`; Apache resolves them before it
-/// decodes a `%2F` (and merges `//` unless `MergeSlashes Off`). Those readings differ
+/// decodes a `%2F` (and merges `//` unless `MergeSlashes Off`; `AllowEncodedSlashes On`
+/// resolves them again after). Those readings differ
 /// only for a path with `//` or `%2F` next to `..`: `/pf/pf//../admin` is `/pf/admin`
 /// merged and `/pf/pf/admin` kept. Split by one reading and whole by another, the
 /// request is refused (a 400): kept, the app would get `/pf/admin` behind an nginx
@@ -825,7 +826,8 @@ fn split_already(
 /// The paths front servers make of `raw` (a request target's path, as sent): nginx's
 /// default reading ([`request_path`]), then, where they differ from it, the reading with
 /// `//` kept (`merge_slashes off`, `MergeSlashes Off`) and Apache's (`.` and `..`
-/// resolved before a `%2F` is decoded), merged and kept.
+/// resolved before a `%2F` is decoded, and with `AllowEncodedSlashes On` once more
+/// after), merged and kept.
 fn front_readings(raw: &[u8]) -> Vec<Cow<'_, [u8]>> {
     let decoded = percent_decode_cow(raw);
     let mut out = vec![Cow::Owned(normalise_path(&decoded).into_owned())];
@@ -841,8 +843,10 @@ fn front_readings(raw: &[u8]) -> Vec<Cow<'_, [u8]>> {
     if encoded_slash {
         let unreserved = decode_unreserved(raw);
         for slashes in [Slashes::Merged, Slashes::Kept] {
-            let p = normalise_path_as(&unreserved, slashes);
-            out.push(Cow::Owned(percent_decode(&p)));
+            let p = percent_decode(&normalise_path_as(&unreserved, slashes));
+            // With `AllowEncodedSlashes On` Apache resolves them again once decoded.
+            out.push(Cow::Owned(normalise_path_as(&p, slashes).into_owned()));
+            out.push(Cow::Owned(p));
         }
     }
     out
@@ -1352,6 +1356,9 @@ mod tests {
             ("/wf", "/wf/wf//../admin", "/wf/admin"),
             ("/pf", "/pf/pf/a%2F../../admin/users", "/pf/admin/users"),
             ("/pf", "/pf/pf/%2F/%2E.", "/pf/"),
+            // Apache with `AllowEncodedSlashes On` resolves `..` again once `%2F` is
+            // decoded: `/pf/pf/admin` there (review 419).
+            ("/pf", "/pf/x%2F../../pf/pf%2F..%2Fadmin", "/pf/admin"),
             ("/pf/", "/pf//x//../../pf/admin", "/pf/admin"),
         ] {
             let pairs = [
