@@ -276,6 +276,9 @@ def application(environ, start_response):
         return text(start_response, threading.current_thread().name)
     if path == "/pid":
         return text(start_response, str(os.getpid()))
+    if path == "/pid-sleep":
+        time.sleep(float(q.get("s", 1)))
+        return text(start_response, str(os.getpid()))
     if path == "/sys":
         return as_json(
             start_response,

@@ -142,3 +142,111 @@ fn a_new_id_on_a_slow_lane_connection_at_the_final_stop_is_refused_overloaded() 
 fn a_new_id_on_an_inline_connection_of_a_reloaded_worker_is_served() {
     a_new_id_during_a_stop(true, true);
 }
+
+/// A multiplexing client that always has a request in flight on its connection (two
+/// ids, each sent again as soon as its answer has come, half a request apart): at a
+/// reload the leaving worker holds the requests that begin on the connection from
+/// then on, hands the connection on with them once its own have ended, and exits.
+/// Every request is answered; those sent a second after the new worker is ready are
+/// answered by it, and the old worker is gone well before --graceful-timeout.
+/// regression (probe 411): the connection was never idle, so never handed over: the
+/// leaving worker served every new id itself (past --max-requests at a recycle) until
+/// --graceful-timeout cut what ran (exit 1).
+#[test]
+fn a_connection_always_in_flight_goes_on_with_the_new_workers_at_a_reload() {
+    use std::time::Instant;
+    let dir = tempdir();
+    let p = Spawn::unix(dir.path(), &testapp())
+        .protocol("fastcgi")
+        .args(["--master", "--threads", "4", "--graceful-timeout", "30"])
+        .start();
+    assert!(p.wait_log("all 1 workers ready", 20), "{}", p.logs());
+    let mut s = unix(&p);
+    let req = |id| fcgi::get(id, true, "/pid-sleep?s=0.3");
+    let mut sent_at = [Instant::now(); 3];
+    s.write_all(&req(1)).unwrap();
+    std::thread::sleep(Duration::from_millis(150));
+    sent_at[2] = Instant::now();
+    s.write_all(&req(2)).unwrap();
+    let mut replies: [fcgi::Reply; 3] = Default::default();
+    // (when the request was sent, the pid that answered it)
+    let mut answered: Vec<(Instant, String)> = Vec::new();
+    let mut reload_sent = false;
+    let mut ready_at: Option<Instant> = None;
+    let mut in_flight = 2;
+    let start = Instant::now();
+    while in_flight > 0 {
+        assert!(
+            start.elapsed() < Duration::from_secs(40) && answered.len() < 200,
+            "the requests never ended\n{}",
+            p.logs()
+        );
+        let rec = fcgi::read(&mut s)
+            .unwrap_or_else(|| panic!("the connection closed: {answered:?}\n{}", p.logs()));
+        let id = rec.id as usize;
+        assert!(id == 1 || id == 2, "a record for id {id}");
+        match rec.kind {
+            fcgi::STDOUT => replies[id].stdout.extend_from_slice(&rec.content),
+            fcgi::END_REQUEST => {
+                let r = std::mem::take(&mut replies[id]);
+                let (status, _, body) = r.cgi();
+                assert_eq!(
+                    (status, rec.content[4]),
+                    (200, 0),
+                    "request {id}: {body:?}\n{}",
+                    p.logs()
+                );
+                answered.push((sent_at[id], String::from_utf8_lossy(&body).into_owned()));
+                in_flight -= 1;
+                if answered.len() == 4 && !reload_sent {
+                    p.signal(libc::SIGHUP);
+                    reload_sent = true;
+                }
+                if reload_sent
+                    && ready_at.is_none()
+                    && p.logs().contains("new workers ready; old workers finish")
+                {
+                    ready_at = Some(Instant::now());
+                }
+                // Sent again at once, until 3 s after the new worker is ready.
+                if ready_at.is_none_or(|t| t.elapsed() < Duration::from_secs(3)) {
+                    sent_at[id] = Instant::now();
+                    s.write_all(&req(id as u16)).unwrap();
+                    in_flight += 1;
+                }
+            }
+            _ => {}
+        }
+    }
+    let ready_at = ready_at.unwrap_or_else(|| panic!("no reload\n{}", p.logs()));
+    let old = answered[0].1.clone();
+    let late: Vec<&String> = answered
+        .iter()
+        .filter(|(t, _)| *t > ready_at + Duration::from_secs(1))
+        .map(|(_, pid)| pid)
+        .collect();
+    assert!(
+        !late.is_empty() && late.iter().all(|pid| **pid != old),
+        "requests sent a second after the reload were still answered by the leaving worker {old}: {late:?}\n{}",
+        p.logs()
+    );
+    let gone = (0..50).any(|_| {
+        std::thread::sleep(Duration::from_millis(100));
+        !std::path::Path::new(&format!("/proc/{old}")).exists()
+    });
+    assert!(
+        gone,
+        "the leaving worker {old} is still there\n{}",
+        p.logs()
+    );
+    // The connection goes on with the new worker.
+    s.write_all(&fcgi::get(1, true, "/pid")).unwrap();
+    let got = replies_on(&mut s, 1);
+    assert_ne!(got, old);
+}
+
+/// The body of request `id`'s answer on `s`.
+fn replies_on(s: &mut UnixStream, id: u16) -> String {
+    let r = replies(s, &[id]).remove(&id).expect("an answer");
+    String::from_utf8_lossy(&r.cgi().2).into_owned()
+}

@@ -482,6 +482,10 @@ pub(crate) enum Why {
     /// Every Python thread of this worker is busy, one of another worker is free
     /// ([`SlowLane::busy_here`]).
     Busy,
+    /// The worker leaves (a reload, a recycle): the FastCGI requests that began on a
+    /// connection while others ran on it were held for the workers that serve on
+    /// (`fastcgi::holding`).
+    Leaving,
 }
 
 /// Lines about requests handed to a worker with a free thread: one a second at most.
@@ -492,6 +496,9 @@ pub(crate) fn handed_on_line(peer: &str, read: usize, why: Why) {
     match why {
         Why::NoRoom => {
             tracing::debug!(%peer, read, "no room left under --max-requests: the request goes to the workers that serve on")
+        }
+        Why::Leaving => {
+            tracing::debug!(%peer, read, "this worker leaves: the FastCGI connection goes to the workers that serve on, with the requests held for them")
         }
         Why::Busy => match BUSY_HANDED_LOG.allow() {
             Some(unlogged) => {
@@ -545,7 +552,9 @@ fn hand_on(
     }
     read.extend_from_slice(rest);
     let sent = match why {
-        Why::NoRoom => channel.send(sock, listener, Some(started.elapsed()), &read, false),
+        Why::NoRoom | Why::Leaving => {
+            channel.send(sock, listener, Some(started.elapsed()), &read, false)
+        }
         Why::Busy => channel.send_now(sock, listener, started.elapsed(), &read),
     };
     match sent {

@@ -15,6 +15,7 @@ use rustc_hash::FxHashMap;
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 
+use super::holding::{Holding, HOLD_MAX};
 use super::sink::{stderr_forward, FcgiSink, ReqFlags, STDIN_ENDED, STDIN_OPEN};
 use super::{AtStop, Ctl, Entry, FcgiConn};
 use crate::codec::fastcgi::{assemble, stdin_end, Assembled, Refused, StdinEnd};
@@ -547,6 +548,10 @@ static SPOOLING_LOG: RateLimit = RateLimit::new();
 /// only a client multiplexing requests gets them): as [`SPOOL_LOG`].
 static STOPPING_LOG: RateLimit = RateLimit::new();
 
+/// Lines about requests held for the serving workers and refused (FCGI_OVERLOADED) as a
+/// worker leaves: as [`SPOOL_LOG`].
+static HOLDING_LOG: RateLimit = RateLimit::new();
+
 /// A share of [`COLLECTING`], given back when dropped.
 #[derive(Default)]
 struct InMemory(usize);
@@ -737,6 +742,9 @@ pub async fn serve(
     // it: see connection::input_waits), and until when the read may go on: once per
     // deadline, so a head trickling past --head-timeout gains STOPPED_GRACE at most.
     let mut grace: Option<(Instant, Instant)> = None;
+    // Requests begun while this worker leaves and others run on the connection: they
+    // go with it to the workers that serve on (holding.rs).
+    let mut holding = Holding::default();
 
     'conn: loop {
         // Requests that ended free their ids before the next bytes are decoded.
@@ -833,18 +841,30 @@ pub async fn serve(
         }
         while let Some(ev) = backlog.pop_front() {
             let head_cut = matches!(ev, Event::ParamsTooLarge { pair: true, .. });
-            match handle_event(
+            let leaving = lane.idle_close.is_cancelled()
+                && conn.parking.hands_over()
+                && (!slots.is_empty() || !holding.is_empty());
+            let step = match hold(
                 ev,
-                &conn,
-                &mut parser,
-                &mut slots,
-                &mut backlog,
-                &info,
-                &lane,
-                &settings,
-                (&input, past),
-                (&buf, started),
+                &mut holding,
+                leaving,
+                (&conn, &mut parser, &mut backlog, &lane),
             ) {
+                Ok(step) => step,
+                Err(ev) => handle_event(
+                    ev,
+                    &conn,
+                    &mut parser,
+                    &mut slots,
+                    &mut backlog,
+                    &info,
+                    &lane,
+                    &settings,
+                    (&input, past),
+                    (&buf, started),
+                ),
+            };
+            match step {
                 Step::Go => {}
                 Step::Answered => served += 1,
                 Step::AnsweredEarly => {
@@ -882,6 +902,45 @@ pub async fn serve(
         }
         if conn.is_broken() {
             break 'conn;
+        }
+        // The requests held as this worker leaves go on with the connection once none
+        // runs here (nor is begun and not held: a request still sending its PARAMS, a
+        // body answered early still coming), with the bytes read after them.
+        if !holding.is_empty() && slots.is_empty() && backlog.is_empty() {
+            let can = conn.parking.hands_over() && !eof && !bad_input && !peer_closed;
+            if can && (parser.late_body() || parser.active() > holding.len()) {
+                // Not yet: the lane reads on.
+            } else {
+                if can {
+                    conn.ended_out(limits.read_timeout).await;
+                    let read = holding.framed(&buf);
+                    let age = holding
+                        .since()
+                        .map_or(std::time::Duration::ZERO, |t| t.elapsed());
+                    if conn.hand_on(&read, age, crate::server::connection::Why::Leaving) {
+                        drop(afd);
+                        conn.close();
+                        return;
+                    }
+                }
+                // Nobody to take them (the whole server stops now, the front server
+                // sent EOF): refused, as new requests are at the final stop.
+                let mut end = Step::Go;
+                for (id, keep_conn) in holding.release_all() {
+                    if let Some(dropped) = HOLDING_LOG.allow() {
+                        tracing::warn!(%peer, fcgi_id = id, dropped, "a FastCGI request held for the workers that serve on cannot go to them (postern stops, or the connection ends): refused (FCGI_OVERLOADED)");
+                    }
+                    match overloaded(&conn, &mut parser, &mut backlog, &lane, id, keep_conn) {
+                        Step::Close => break 'conn,
+                        Step::CloseDrain => end = Step::CloseDrain,
+                        _ => {}
+                    }
+                }
+                if matches!(end, Step::CloseDrain) {
+                    drain = true;
+                    break 'conn;
+                }
+            }
         }
         // (hostile) Unfinished PARAMS are never charged (no app would ever release
         // them); past --fastcgi-buffer on one connection (nginx and Apache send one
@@ -2254,6 +2313,62 @@ fn handle_event(
             }
             Step::Go
         }
+    }
+}
+
+/// While this worker leaves with requests running on the connection (`leaving`), a new
+/// request is held ([`Holding`]), not started here, and so are the records that follow
+/// for it: Ok with what to do next. Anything else is [`handle_event`]'s: Err, given
+/// back. One over what a hand-over carries is refused (FCGI_OVERLOADED).
+fn hold(
+    ev: Event,
+    holding: &mut Holding,
+    leaving: bool,
+    (conn, parser, backlog, lane): (
+        &Arc<FcgiConn>,
+        &mut ConnParser,
+        &mut VecDeque<Event>,
+        &SlowLane,
+    ),
+) -> Result<Step, Event> {
+    let peer = &conn.peer;
+    let refused = |id: u16| {
+        if let Some(dropped) = HOLDING_LOG.allow() {
+            tracing::warn!(%peer, fcgi_id = id, dropped, "this worker leaves (a reload or a recycle) and holds over {HOLD_MAX} bytes of new FastCGI requests on this connection for the workers that serve on: this one is refused (FCGI_OVERLOADED)");
+        }
+    };
+    match ev {
+        Event::Params {
+            id,
+            keep_conn,
+            params,
+        } if leaving => {
+            if holding.begin(id, keep_conn, &params) {
+                tracing::debug!(%peer, fcgi_id = id, held = holding.len(), "this worker leaves (a reload or a recycle) while requests run on this FastCGI connection: a new request on it is held, to go with the connection to the workers that serve on once those have ended");
+                return Ok(Step::Go);
+            }
+            refused(id);
+            Ok(overloaded(conn, parser, backlog, lane, id, keep_conn))
+        }
+        Event::Stdin { id, data } if holding.holds(id) => match holding.stdin(id, &data) {
+            Ok(()) => Ok(Step::Go),
+            Err(keep_conn) => {
+                refused(id);
+                Ok(overloaded(conn, parser, backlog, lane, id, keep_conn))
+            }
+        },
+        Event::StdinEnd { id } if holding.holds(id) => match holding.stdin(id, &[]) {
+            Ok(()) => Ok(Step::Go),
+            Err(keep_conn) => {
+                refused(id);
+                Ok(overloaded(conn, parser, backlog, lane, id, keep_conn))
+            }
+        },
+        Event::Abort { id } if holding.holds(id) => {
+            holding.abort(id);
+            Ok(Step::Go)
+        }
+        ev => Err(ev),
     }
 }
 

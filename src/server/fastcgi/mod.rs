@@ -19,6 +19,7 @@
 
 pub mod crash;
 pub mod handover;
+mod holding;
 mod inline;
 mod lane;
 mod sink;
@@ -630,7 +631,9 @@ impl FcgiConn {
             return false;
         };
         let sent = match why {
-            Why::NoRoom => channel.send(self.sock.as_fd(), self.listener, Some(age), read, false),
+            Why::NoRoom | Why::Leaving => {
+                channel.send(self.sock.as_fd(), self.listener, Some(age), read, false)
+            }
             Why::Busy => channel.send_now(self.sock.as_fd(), self.listener, age, read),
         };
         match sent {
@@ -641,6 +644,10 @@ impl FcgiConn {
             }
             Err(e) if why == Why::Busy => {
                 tracing::debug!(peer = %self.peer, error = %e, "cannot hand a FastCGI request over to a worker with a free thread; it waits here");
+                false
+            }
+            Err(e) if why == Why::Leaving => {
+                tracing::warn!(peer = %self.peer, error = %e, "cannot hand a FastCGI connection over to the serving workers with the requests held for them: they are refused (FCGI_OVERLOADED)");
                 false
             }
             Err(e) => {
