@@ -250,3 +250,56 @@ fn replies_on(s: &mut UnixStream, id: u16) -> String {
     let r = replies(s, &[id]).remove(&id).expect("an answer");
     String::from_utf8_lossy(&r.cgi().2).into_owned()
 }
+
+/// Held as its worker leaves, a request whose connection then ends here (the request
+/// in flight had no FCGI_KEEP_CONN: its END_REQUEST ends the connection) is refused
+/// with FCGI_OVERLOADED and named in a WARN, never dropped unanswered.
+#[test]
+fn a_request_held_when_its_connection_ends_is_refused_overloaded() {
+    let dir = tempdir();
+    let mut p = Spawn::unix(dir.path(), &testapp())
+        .protocol("fastcgi")
+        .args(["--master", "--threads", "4", "--graceful-timeout", "10"])
+        .start();
+    assert!(p.wait_log("all 1 workers ready", 20), "{}", p.logs());
+    let mut s = unix(&p);
+    s.write_all(&fcgi::get(1, true, "/hello")).unwrap();
+    assert_eq!(replies(&mut s, &[1])[&1].cgi().0, 200);
+    // Request 1, without FCGI_KEEP_CONN, its body half sent: the slow lane has it.
+    let vars = fcgi::get_vars("/sleep?s=3");
+    let mut v: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    v.push(("CONTENT_LENGTH", "4"));
+    s.write_all(&fcgi::head(1, false, &v)).unwrap();
+    s.write_all(&fcgi::record(fcgi::STDIN, 1, b"ab")).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    p.signal(libc::SIGHUP);
+    assert!(
+        p.wait_log("new workers ready; old workers finish", 20),
+        "{}",
+        p.logs()
+    );
+    std::thread::sleep(Duration::from_millis(200));
+    s.write_all(&fcgi::get(2, true, "/hello")).unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    s.write_all(&fcgi::record(fcgi::STDIN, 1, b"cd")).unwrap();
+    s.write_all(&fcgi::record(fcgi::STDIN, 1, b"")).unwrap();
+    let got = replies(&mut s, &[1, 2]);
+    let logs = p.logs();
+    assert!(
+        got.get(&1)
+            .is_some_and(|r| r.end == Some((0, 0)) && r.cgi().0 == 200),
+        "request 1 did not finish: {got:?}\n{logs}"
+    );
+    assert!(
+        got.get(&2)
+            .is_some_and(|r| r.end == Some((0, OVERLOADED)) && r.stdout.is_empty()),
+        "request 2 (held) was neither served nor refused: {got:?}\n{logs}"
+    );
+    assert!(
+        logs.lines()
+            .any(|l| l.contains("held for the workers that serve on") && l.contains(" WARN ")),
+        "{logs}"
+    );
+    p.signal(libc::SIGTERM);
+    p.wait_exit(20);
+}

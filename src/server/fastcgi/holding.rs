@@ -9,16 +9,20 @@
 //! leaves, a request that begins on such a connection is not started here: its records
 //! are held, framed again as they came ([`Holding`]), and once the requests that run
 //! here have ended the slow lane hands the connection on with them ahead of what its
-//! socket still holds (the same hand-over as a request past `--max-requests`).
-
-use std::time::Instant;
+//! socket still holds (the same hand-over as a request past `--max-requests`). When
+//! nobody can take them (the whole server stops, the front server sent EOF) or the
+//! connection ends here first, they are refused with FCGI_OVERLOADED.
 
 use crate::proto::fastcgi as fcgi;
 
 /// At most this much is held for one connection (records framed again): the hand-over
 /// carries at most [`super::handover::MAX_READ`], and what follows the held records
 /// (less than one record, up to 65,543 bytes plus padding) goes with them.
-pub(super) const HOLD_MAX: usize = super::handover::MAX_READ - 65_536 - 8 - 256;
+pub(super) const HOLD_MAX: usize = super::handover::MAX_READ - 65_536 - 8 - 256 - ABORTS;
+
+/// Room kept for held requests' FCGI_ABORT_REQUEST records (one each, 8 bytes, for at
+/// most 64 requests on a connection), never refused for room.
+const ABORTS: usize = 64 * fcgi::HEADER_LEN;
 
 /// The requests held on one connection (see the module's comment).
 #[derive(Default)]
@@ -29,8 +33,6 @@ pub(super) struct Holding {
     ids: Vec<(u16, bool)>,
     /// The bytes of `records`.
     bytes: usize,
-    /// When the first one was held.
-    since: Option<Instant>,
 }
 
 impl Holding {
@@ -48,11 +50,6 @@ impl Holding {
         self.ids.iter().any(|&(i, _)| i == id)
     }
 
-    /// Since when requests have been held (the first one's arrival).
-    pub(super) fn since(&self) -> Option<Instant> {
-        self.since
-    }
-
     /// Holds new request `id`: its BEGIN_REQUEST and its PARAMS stream. False when that
     /// would hold more than [`HOLD_MAX`]: nothing is held then.
     pub(super) fn begin(&mut self, id: u16, keep_conn: bool, params: &[u8]) -> bool {
@@ -64,7 +61,6 @@ impl Holding {
             return false;
         }
         self.ids.push((id, keep_conn));
-        self.since.get_or_insert_with(Instant::now);
         self.push(id, out);
         true
     }
@@ -89,6 +85,10 @@ impl Holding {
     /// Holds FCGI_ABORT_REQUEST for held request `id`: the worker that takes the
     /// connection answers it as any abort of a request whose app has not run.
     pub(super) fn abort(&mut self, id: u16) {
+        let aborted = |(i, r): &(u16, Vec<u8>)| *i == id && r.get(1) == Some(&fcgi::ABORT_REQUEST);
+        if self.records.iter().any(aborted) {
+            return;
+        }
         let mut out = Vec::with_capacity(fcgi::HEADER_LEN);
         fcgi::encode_record(&mut out, fcgi::ABORT_REQUEST, id, &[]);
         // Never refused for room: eight bytes, and the abort must not be lost.
@@ -108,9 +108,6 @@ impl Holding {
             }
             *i != id
         });
-        if self.ids.is_empty() {
-            self.since = None;
-        }
         keep_conn
     }
 
@@ -175,6 +172,8 @@ mod tests {
         h.stdin(5, b"x").unwrap();
         h.stdin(3, b"").unwrap();
         h.abort(5);
+        // Aborted again (a BEGIN_REQUEST reusing its id): held once.
+        h.abort(5);
         assert_eq!((h.len(), h.holds(3), h.holds(4)), (2, true, false));
         let mut rest = Vec::new();
         fcgi::encode_begin_request(&mut rest, 7, fcgi::ROLE_RESPONDER, true);
@@ -219,6 +218,6 @@ mod tests {
         let most = h.framed(&vec![0u8; 65_535 + 8 + 255]);
         assert!(most.len() <= super::super::handover::MAX_READ);
         assert_eq!(h.release_all(), [(2, true), (3, true)]);
-        assert!(h.is_empty() && h.since().is_none());
+        assert!(h.is_empty());
     }
 }

@@ -904,19 +904,21 @@ pub async fn serve(
             break 'conn;
         }
         // The requests held as this worker leaves go on with the connection once none
-        // runs here (nor is begun and not held: a request still sending its PARAMS, a
-        // body answered early still coming), with the bytes read after them.
+        // runs here (nor is begun and not held: a request still sending its PARAMS),
+        // with the bytes read after them. (The rest of a body answered early may still
+        // come: its worker there ignores those records, as any for an id it never
+        // began; waiting for them could be for ever.)
         if !holding.is_empty() && slots.is_empty() && backlog.is_empty() {
             let can = conn.parking.hands_over() && !eof && !bad_input && !peer_closed;
-            if can && (parser.late_body() || parser.active() > holding.len()) {
+            if can && parser.active() > holding.len() {
                 // Not yet: the lane reads on.
             } else {
                 if can {
                     conn.ended_out(limits.read_timeout).await;
                     let read = holding.framed(&buf);
-                    let age = holding
-                        .since()
-                        .map_or(std::time::Duration::ZERO, |t| t.elapsed());
+                    // Their heads are whole: what follows them is timed from now (the
+                    // age of a FRESH hand-over starts the --head-timeout there).
+                    let age = std::time::Duration::ZERO;
                     if conn.hand_on(&read, age, crate::server::connection::Why::Leaving) {
                         drop(afd);
                         conn.close();
@@ -1414,6 +1416,19 @@ pub async fn serve(
     // --head-timeout, after a kept response that the front server read slowly cut that
     // response (its END_REQUEST never went out) and logged 'client went away'.
     conn.ended_out(limits.read_timeout).await;
+    // Requests held for the serving workers when the connection ends here (a request
+    // without FCGI_KEEP_CONN ended it, EOF or a reset in the middle of a head, a
+    // timeout, a close for room): refused, never dropped unsaid.
+    if !holding.is_empty() {
+        let ids = holding.release_all();
+        let mut out = Vec::new();
+        for &(id, _) in &ids {
+            fcgi::encode_end_request(&mut out, id, 0, ProtocolStatus::Overloaded);
+        }
+        let written = !conn.is_broken() && blocking_write(&conn, &out).is_ok();
+        let ids: Vec<u16> = ids.iter().map(|&(id, _)| id).collect();
+        tracing::warn!(%peer, held = ?ids, refused = written, "the FastCGI connection ends while requests on it were held for the workers that serve on: they are not served (refused FCGI_OVERLOADED when that could still be written)");
+    }
     if drain {
         // A request without FCGI_KEEP_CONN ends its connection (§2.3), and with it the
         // others multiplexed on it (nginx and Apache never multiplex): those whose
