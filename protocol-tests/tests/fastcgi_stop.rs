@@ -295,10 +295,11 @@ fn a_request_held_when_its_connection_ends_is_refused_overloaded() {
             .is_some_and(|r| r.end == Some((0, OVERLOADED)) && r.stdout.is_empty()),
         "request 2 (held) was neither served nor refused: {got:?}\n{logs}"
     );
+    // Written once the END_REQUEST is out: waited for.
     assert!(
-        logs.lines()
-            .any(|l| l.contains("held for the workers that serve on") && l.contains(" WARN ")),
-        "{logs}"
+        p.wait_log("the FastCGI connection ends while requests on it were held", 10),
+        "{}",
+        p.logs()
     );
     p.signal(libc::SIGTERM);
     p.wait_exit(20);
