@@ -297,7 +297,10 @@ fn a_request_held_when_its_connection_ends_is_refused_overloaded() {
     );
     // Written once the END_REQUEST is out: waited for.
     assert!(
-        p.wait_log("the FastCGI connection ends while requests on it were held", 10),
+        p.wait_log(
+            "the FastCGI connection ends while requests on it were held",
+            10
+        ),
         "{}",
         p.logs()
     );
