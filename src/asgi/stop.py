@@ -13,6 +13,10 @@ from _postern_lifespan import run
 OWN = "postern: "
 # The name lifespan.py gives a lifespan task that did not end when cancelled.
 LIFESPAN_LEFT = OWN + "lifespan task left running"
+# How long the cut-off waits, once the tasks have ended or had their grace, for the
+# writes of their responses still on an executor thread (cut, they come back at once):
+# within the slack the loop promises beyond the grace (stop.rs).
+WRITES_BACK = 0.1
 
 
 def _task_name(task):
@@ -119,6 +123,7 @@ def cut_off(loop, fd, grace_left, serving, ended):
         pass
     loop.remove_reader(fd)
     tasks = [t for t in asyncio.all_tasks(loop) if not t.done() and _is_request(t)]
+    exchanges = [x for x in (_serve(t)._postern_exchange for t in tasks) if x is not None]
     for t in tasks:
         t.cancel()
 
@@ -139,6 +144,12 @@ def cut_off(loop, fd, grace_left, serving, ended):
                     _serve(t)._postern_exchange._cut_unended(grace)
                 except Exception as e:
                     _report(loop, e, "naming a request whose task outlived its cut-off failed")
+        # A response whose write was on an executor thread (a stream to a front server
+        # that reads slowly) ends when that write comes back, which its cut makes at
+        # once: before the loop may close, or it ends unlogged.
+        until = loop.time() + WRITES_BACK
+        while any(x._writing for x in exchanges) and loop.time() < until:
+            await asyncio.sleep(0.005)
         # The tasks have ended, or had their grace: an immediate stop waits for this.
         ended()
         # Not left to the server, which stops the loop once every request is

@@ -108,11 +108,12 @@ impl Stop {
 }
 
 /// Writes all of `bufs` in order with vectored sends (no copy into one buffer),
-/// waiting like [`send_all`]. `bufs` is consumed as it is sent.
+/// waiting like [`send_all_until`]. `bufs` is consumed as it is sent.
 pub fn send_all_vectored(
     sock: &socket2::Socket,
     mut bufs: &mut [io::IoSlice<'_>],
     timeout: Duration,
+    stop: Option<&Stop>,
 ) -> (usize, io::Result<()>) {
     let mut sent = 0;
     while !bufs.is_empty() {
@@ -126,10 +127,10 @@ pub fn send_all_vectored(
                     if bufs.is_empty() {
                         Ok(())
                     } else {
-                        wait_writable(sock, timeout)
+                        wait_writable_until(sock, timeout, stop)
                     }
                 }
-                Err(Errno::AGAIN) => wait_writable(sock, timeout),
+                Err(Errno::AGAIN) => wait_writable_until(sock, timeout, stop),
                 Err(Errno::INTR) => Ok(()),
                 Err(e) => Err(e.into()),
             };

@@ -233,6 +233,15 @@ pub trait Sink: Send + Sync {
     fn notify_gone(&mut self, _notify: Box<dyn FnOnce() + Send>) -> bool {
         false
     }
+    /// Cuts this response off from another thread while a write that waits for room
+    /// holds the sink (an ASGI task cancelled by a stop, its write on an executor
+    /// thread), as the process's leaving would cut it (FastCGI: the mark, then the
+    /// connection aborted), so that the write returns at once. `None`: the sink's
+    /// writes never wait on a thread for long enough to matter (the event loop drives
+    /// them: uwsgi, SCGI).
+    fn cutter(&self) -> Option<Box<dyn FnOnce() + Send + Sync>> {
+        None
+    }
     /// The socket this sink writes to, to poll for room (ASGI: a small last write the
     /// socket has room for goes out from the loop thread, not a thread hop). `None`:
     /// unknown.

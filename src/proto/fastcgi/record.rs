@@ -254,6 +254,41 @@ pub fn stream_content_sent(len: usize, sent: usize) -> u64 {
     (before + into.saturating_sub(HEADER_LEN).min(record)) as u64
 }
 
+/// Of `data` written as stream records of `kind` for `request_id` the way a vectored
+/// send frames it (records of [`MAX_CONTENT`] bytes from its start, each headed and
+/// padded by [`stream_header`]), then `tail` (whole records), the first `sent` bytes
+/// have left: the rest of the record they stopped inside, which must go before
+/// anything else may follow (§2.1); empty when they stopped between two records.
+/// [`sent_split`]'s end without the records in memory.
+pub fn stream_rest(kind: u8, request_id: u16, data: &[u8], tail: &[u8], sent: usize) -> Vec<u8> {
+    const PAD: [u8; 7] = [0; 7];
+    let mut pos = 0;
+    for chunk in data.chunks(MAX_CONTENT) {
+        let (head, pad) = stream_header(kind, request_id, chunk.len());
+        let len = HEADER_LEN + chunk.len() + pad;
+        if sent < pos + len {
+            let mut skip = sent - pos;
+            if skip == 0 {
+                return Vec::new();
+            }
+            let mut rest = Vec::with_capacity(len - skip);
+            for part in [&head[..], chunk, &PAD[..pad]] {
+                if skip >= part.len() {
+                    skip -= part.len();
+                } else {
+                    rest.extend_from_slice(&part[skip..]);
+                    skip = 0;
+                }
+            }
+            return rest;
+        }
+        pos += len;
+    }
+    let into = (sent - pos).min(tail.len());
+    let (_, end) = sent_split(tail, into);
+    tail[into..end].to_vec()
+}
+
 /// Appends an FCGI_BEGIN_REQUEST record (what a web server sends; for tests and clients).
 pub fn encode_begin_request(out: &mut Vec<u8>, request_id: u16, role: u16, keep_conn: bool) {
     let [r0, r1] = role.to_be_bytes();
@@ -481,6 +516,47 @@ mod tests {
                 assert_eq!(
                     stream_content_sent(len, sent),
                     sent_split(&out, sent).0.min(len as u64),
+                    "len {len}, sent {sent}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn stream_rest_is_the_rest_of_the_record_a_send_stopped_inside() {
+        let (tail, n) = response_tail(7, true);
+        let tail = &tail[..n];
+        for len in [0usize, 1, 7, 8, 9, 65535, 65536, 65535 * 2 + 5] {
+            let data: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+            // Framed as `write_stream` frames it.
+            let mut out = Vec::new();
+            for chunk in data.chunks(MAX_CONTENT) {
+                let (head, pad) = stream_header(STDOUT, 7, chunk.len());
+                out.extend_from_slice(&head);
+                out.extend_from_slice(chunk);
+                out.extend(std::iter::repeat_n(0, pad));
+            }
+            out.extend_from_slice(tail);
+            let mut sents: Vec<usize> = (0..out.len()).step_by(4093).collect();
+            for r in 0..len.div_ceil(MAX_CONTENT) {
+                let at = r * (HEADER_LEN + MAX_CONTENT + 1);
+                sents.extend([at, at + 1, at + HEADER_LEN, at + HEADER_LEN + 1]);
+            }
+            let t = out.len() - tail.len();
+            sents.extend([
+                t - 1,
+                t,
+                t + 1,
+                t + HEADER_LEN,
+                t + 9,
+                out.len() - 1,
+                out.len(),
+            ]);
+            for sent in sents.into_iter().filter(|&s| s <= out.len()) {
+                let (_, end) = sent_split(&out, sent);
+                assert_eq!(
+                    stream_rest(STDOUT, 7, &data, tail, sent),
+                    out[sent..end],
                     "len {len}, sent {sent}"
                 );
             }

@@ -702,8 +702,9 @@ impl FcgiConn {
     /// fails part way tears the connection. `stoppable`: while it waits for room, a
     /// cut's mark waiting too (`marking`) stops it, and it leaves the rest of its
     /// record for the mark, which must follow a whole record; an abort stops it too
-    /// (`halt`). The response's own thread never needs this (it cuts only after its
-    /// sends returned).
+    /// (`halt`). A response's sends are: the cut may come from another thread while
+    /// one waits (the process's leaving; an ASGI stop's cut-off, whose write runs on
+    /// an executor thread).
     fn send_locked(&self, data: &[u8], stoppable: bool) -> Result<(), (usize, io::Error)> {
         if self.marking.load(Ordering::Acquire) || self.is_broken() {
             // A cut's mark goes next, or went (this writer passed the checks before it).
@@ -784,7 +785,7 @@ impl FcgiConn {
                 return Err(closed());
             }
             let _w = self.write.lock();
-            self.send_locked(&out, false).map_err(|(sent, e)| {
+            self.send_locked(&out, true).map_err(|(sent, e)| {
                 let left = fcgi::sent_split(&out, sent).0.min(data.len() as u64);
                 LEFT.with(|l| l.set(left));
                 e
@@ -829,7 +830,7 @@ impl FcgiConn {
         // Bytes of the records that left, for the count of a send that fails.
         let mut sent = 0;
         if batches == 0 {
-            r = send_all(&self.sock, tail, self.write_timeout);
+            (sent, r) = send_all_until(&self.sock, tail, self.write_timeout, Some(&self.halt));
         }
         for (i, batch) in chunks.chunks(BATCH).enumerate() {
             let heads: Vec<([u8; fcgi::HEADER_LEN], usize)> = batch
@@ -847,7 +848,8 @@ impl FcgiConn {
             if i + 1 == batches && !tail.is_empty() {
                 iov.push(io::IoSlice::new(tail));
             }
-            let (n, result) = send_all_vectored(&self.sock, &mut iov, self.write_timeout);
+            let (n, result) =
+                send_all_vectored(&self.sock, &mut iov, self.write_timeout, Some(&self.halt));
             sent += n;
             r = result;
             if r.is_err() {
@@ -861,7 +863,14 @@ impl FcgiConn {
                     let left = fcgi::stream_content_sent(data.len(), sent);
                     LEFT.with(|l| l.set(left));
                 }
-                self.tear(e)
+                // Stopped for a cut's mark (as in `send_locked`): the rest of the record
+                // it stopped inside goes first.
+                if e.kind() == io::ErrorKind::Interrupted && self.marking.load(Ordering::Acquire) {
+                    *self.unsent.lock().unwrap_or_else(|e| e.into_inner()) =
+                        fcgi::stream_rest(kind, id, data, tail, sent);
+                } else {
+                    self.tear(e)
+                }
             }
         }
         r
@@ -907,6 +916,30 @@ impl FcgiConn {
         } else {
             let _ = self.sock.shutdown(std::net::Shutdown::Both);
         }
+    }
+
+    /// Cuts response `id` off as the process's leaving does ([`Parking::cut_responding`]):
+    /// the mark, then the connection aborted, so that a write of it waiting for room
+    /// returns at once. False when it was not cut: its END_REQUEST is going out, or it
+    /// was cut already. `lock_wait`: how long to wait for the write lock (zero when
+    /// the response cannot be ending meanwhile: its only write is the one waiting).
+    pub(super) fn cut(self: &Arc<Self>, id: u16, flags: &ReqFlags, lock_wait: Duration) -> bool {
+        // Under the write lock: `end` sets `done` before END_REQUEST goes out under
+        // it, so a response not done here cannot be ended until the mark or the
+        // abort below stops its sends. Checked without the lock, a response ending
+        // meanwhile was reset after its END_REQUEST (review of e109978, LOW). A
+        // writer stuck waiting for room keeps the lock: after `lock_wait`, as before
+        // (the mark then follows its send, which it stops).
+        let w = self.write.try_lock_for(lock_wait);
+        // Its END_REQUEST is going out; or cut already (an ASGI task's cut-off cuts
+        // its response, then the process's leaving looks at every one).
+        if flags.done.load(Ordering::Acquire) || flags.cut.swap(true, Ordering::AcqRel) {
+            return false;
+        }
+        self.mark_cut(id, flags.stderr_on.load(Ordering::Acquire), w.is_some());
+        self.abort();
+        drop(w);
+        true
     }
 
     /// Closes the connection for reading and writing (a FIN, not a reset), unless it
@@ -2654,26 +2687,10 @@ impl Parking {
             std::mem::take(&mut *self.responding.lock().unwrap_or_else(|e| e.into_inner()))
                 .into_values()
                 .collect();
-        let mut n = 0;
-        for r in &cut {
-            // Under the write lock: `end` sets `done` before END_REQUEST goes out under
-            // it, so a response not done here cannot be ended until the mark or the
-            // abort below stops its sends. Checked without the lock, a response ending
-            // meanwhile was reset after its END_REQUEST (review of e109978, LOW). A
-            // writer stuck waiting for room keeps the lock: after CUT_LOCK_WAIT, as
-            // before (the mark then follows its send).
-            let w = r.conn.write.try_lock_for(CUT_LOCK_WAIT);
-            if r.flags.done.load(Ordering::Acquire) {
-                // Its END_REQUEST is going out: it was not cut.
-                continue;
-            }
-            n += 1;
-            r.flags.cut.store(true, Ordering::Release);
-            r.conn
-                .mark_cut(r.id, r.flags.stderr_on.load(Ordering::Acquire), w.is_some());
-            r.conn.abort();
-            drop(w);
-        }
+        let n = cut
+            .iter()
+            .filter(|r| r.conn.cut(r.id, &r.flags, CUT_LOCK_WAIT))
+            .count();
         if n > 0 {
             tracing::warn!(
                 cut = n,

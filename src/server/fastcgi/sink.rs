@@ -914,6 +914,20 @@ impl Sink for FcgiSink {
         true
     }
 
+    fn cutter(&self) -> Option<Box<dyn FnOnce() + Send + Sync>> {
+        // Weak: the connection closes when its last request lets go of it, not when
+        // whoever keeps this does.
+        let conn = Arc::downgrade(&self.conn);
+        let (id, flags) = (self.id, Arc::clone(&self.flags));
+        // Asked only of a response the app has not completed, whose one write waits:
+        // it cannot be ending meanwhile, so no wait for the write lock.
+        Some(Box::new(move || {
+            if let Some(conn) = conn.upgrade() {
+                conn.cut(id, &flags, Duration::ZERO);
+            }
+        }))
+    }
+
     /// Once `write_last` has sent END_REQUEST, `finish` only returns the figures: no
     /// reason to release the GIL for it.
     fn finish_is_quick(&self) -> bool {
@@ -937,9 +951,15 @@ impl Drop for FcgiSink {
             self.conn.finish_inline_end(None, false);
         }
         if !self.finished && !self.flags.taken_late() {
-            tracing::error!(
-                "internal error: a FastCGI response was dropped unfinished; connection aborted"
-            );
+            // Cut as the process leaves ([`FcgiConn::cut`]): a write of it that came back
+            // after the event loop had closed (ASGI) has nobody left to finish it.
+            if self.flags.cut.load(Ordering::Acquire) {
+                tracing::debug!("a FastCGI response cut off as the process leaves was dropped");
+            } else {
+                tracing::error!(
+                    "internal error: a FastCGI response was dropped unfinished; connection aborted"
+                );
+            }
             self.end(None);
         }
     }
