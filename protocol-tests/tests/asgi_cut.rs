@@ -473,9 +473,38 @@ fn a_write_waiting_for_room_when_a_stop_cuts_it_off_still_ends_with_its_access_l
             std::thread::sleep(Duration::from_millis(200));
             p.signal(libc::SIGTERM);
         }
+        // The front server reads again a moment after the cut: the responses end with
+        // the cut's mark after whole records, never mid-record.
+        // regression (review 422, HIGH): the worker exited without waiting for the
+        // marks of responses its loop had cut; they ended mid-record, unmarked.
+        assert!(
+            p.wait_log_count("postern cancelled this request's task", 2, 10),
+            "{}",
+            p.logs()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+        let readers: Vec<_> = conns
+            .into_iter()
+            .map(|mut c| {
+                std::thread::spawn(move || {
+                    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+                    let mut got = Vec::new();
+                    let _ = c.read_to_end(&mut got);
+                    got
+                })
+            })
+            .collect();
         assert!(p.wait_exit(15).is_some(), "{}", p.logs());
-        drop(conns);
         let logs = p.logs();
+        for r in readers {
+            let got = r.join().unwrap();
+            assert_eq!(
+                cut_mark(&got),
+                Ok(()),
+                "immediate {immediate}: {} bytes\n{logs}",
+                got.len()
+            );
+        }
         assert_eq!(
             logs.matches("response incomplete").count(),
             2,
@@ -485,6 +514,27 @@ fn a_write_waiting_for_room_when_a_stop_cuts_it_off_still_ends_with_its_access_l
             assert!(!logs.contains(bad), "immediate {immediate}: {bad}: {logs}");
         }
     }
+}
+
+/// How the FastCGI records in `got` end: whole records, then the cut's mark (a header
+/// whose version is 0) is `Ok`.
+fn cut_mark(got: &[u8]) -> Result<(), String> {
+    let mut at = 0;
+    while at + 8 <= got.len() {
+        let h = &got[at..at + 8];
+        if h[0] == 0 {
+            return Ok(());
+        }
+        let len = 8 + usize::from(u16::from_be_bytes([h[4], h[5]])) + usize::from(h[6]);
+        if h[1] == fcgi::END_REQUEST {
+            return Err(format!("END_REQUEST at {at}"));
+        }
+        at += len;
+    }
+    Err(format!(
+        "no mark: {} bytes past the last whole record",
+        got.len().saturating_sub(at)
+    ))
 }
 
 /// The app served by a master with one worker on a Unix socket (whose path is

@@ -307,3 +307,79 @@ fn a_request_held_when_its_connection_ends_is_refused_overloaded() {
     p.signal(libc::SIGTERM);
     p.wait_exit(20);
 }
+
+/// A request answered early (413, its body still coming) on a connection whose other
+/// requests a leaving worker holds: the connection goes to the new worker with its id,
+/// and the rest of that body is read there quietly; the connection, idle after it past
+/// --head-timeout, goes on serving.
+/// regression (review 421, MEDIUM): the id did not travel; the new worker took the
+/// rest for records of an id no BEGIN_REQUEST named, and closed the kept connection at
+/// --head-timeout with a WARN (a request the front server sent on it then was lost).
+#[test]
+fn the_rest_of_a_body_answered_early_goes_with_held_requests_to_the_new_worker() {
+    let dir = tempdir();
+    let mut p = Spawn::unix(dir.path(), &testapp())
+        .protocol("fastcgi")
+        .args([
+            "--master",
+            "--threads",
+            "4",
+            "--graceful-timeout",
+            "30",
+            "--max-body",
+            "1000",
+            "--head-timeout",
+            "2",
+        ])
+        .start();
+    assert!(p.wait_log("all 1 workers ready", 20), "{}", p.logs());
+    let mut s = unix(&p);
+    s.write_all(&fcgi::get(1, true, "/pid")).unwrap();
+    let old = replies_on(&mut s, 1);
+    // Request 1 runs; request 2, a POST past --max-body, is answered 413 before the
+    // rest of its body.
+    s.write_all(&fcgi::get(1, true, "/pid-sleep?s=3")).unwrap();
+    let mut vars = fcgi::get_vars("/echo");
+    vars[0].1 = "POST".into();
+    vars.push(("CONTENT_LENGTH", "3000".into()));
+    let v: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    s.write_all(&fcgi::head(2, true, &v)).unwrap();
+    s.write_all(&fcgi::record(fcgi::STDIN, 2, &[b'a'; 800]))
+        .unwrap();
+    let got = replies(&mut s, &[2]);
+    assert_eq!(got[&2].cgi().0, 413, "{got:?}\n{}", p.logs());
+    p.signal(libc::SIGHUP);
+    assert!(
+        p.wait_log("new workers ready; old workers finish", 20),
+        "{}",
+        p.logs()
+    );
+    // Held by the leaving worker while request 1 runs.
+    s.write_all(&fcgi::get(3, true, "/pid")).unwrap();
+    let got = replies(&mut s, &[1, 3]);
+    let pid = |id: u16| String::from_utf8_lossy(&got[&id].cgi().2).into_owned();
+    assert_eq!(pid(1), old, "{got:?}\n{}", p.logs());
+    assert_ne!(pid(3), old, "request 3 was not held: {got:?}\n{}", p.logs());
+    // The rest of request 2's body, then nothing past --head-timeout.
+    for part in [
+        &[b'b'; 800][..],
+        &[b'c'; 800][..],
+        &[b'd'; 600][..],
+        &[][..],
+    ] {
+        s.write_all(&fcgi::record(fcgi::STDIN, 2, part)).unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(3000));
+    // (Closed, the write fails or nothing comes back.)
+    let _ = s.write_all(&fcgi::get(4, true, "/pid"));
+    let got = replies(&mut s, &[4]);
+    assert!(
+        got.get(&4).is_some_and(|r| r.end == Some((0, 0))),
+        "the connection did not go on: {got:?}\n{}",
+        p.logs()
+    );
+    let logs = p.logs();
+    assert!(!logs.contains("no BEGIN_REQUEST named"), "{logs}");
+    p.signal(libc::SIGTERM);
+    p.wait_exit(20);
+}

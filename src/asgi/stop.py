@@ -128,6 +128,23 @@ def cut_off(loop, fd, grace_left, serving, ended):
         t.cancel()
 
     async def stop_when_ended():
+        try:
+            await wait_for_tasks()
+        except Exception as e:
+            _report(loop, e, "the stop's cut-off failed")
+        finally:
+            # The tasks have ended, or had their grace: an immediate stop waits for
+            # this (always said, or it would wait its whole bound).
+            ended()
+        # Not left to the server, which stops the loop once every request is
+        # released: a request whose task has ended can still wait for a write the
+        # front server does not take (for --read-timeout). Not once the loop has
+        # stopped serving: a stray stop would end lifespan shutdown's wait (run()
+        # runs it again).
+        if serving():
+            loop.stop()
+
+    async def wait_for_tasks():
         pending = set(tasks)
         while pending:
             left = grace_left()[1]
@@ -150,15 +167,6 @@ def cut_off(loop, fd, grace_left, serving, ended):
         until = loop.time() + WRITES_BACK
         while any(x._writing for x in exchanges) and loop.time() < until:
             await asyncio.sleep(0.005)
-        # The tasks have ended, or had their grace: an immediate stop waits for this.
-        ended()
-        # Not left to the server, which stops the loop once every request is
-        # released: a request whose task has ended can still wait for a write the
-        # front server does not take (for --read-timeout). Not once the loop has
-        # stopped serving: a stray stop would end lifespan shutdown's wait (run()
-        # runs it again).
-        if serving():
-            loop.stop()
 
     waiter = loop.create_task(stop_when_ended(), name=OWN + "the stop's cut-off")
     # The loop may stop before it resumes (the last task's end stops it), and an

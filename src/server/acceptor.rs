@@ -962,6 +962,7 @@ impl Acceptor {
             if a.said_nginx {
                 conn.mark_said_nginx();
             }
+            conn.expect_late(&a.late);
             if let Some(waited) = a.waited {
                 // Sent by a worker whose threads were all busy: its request's time
                 // counts from when it was first seen waiting there.
@@ -992,6 +993,7 @@ impl Acceptor {
             if read {
                 conn.carry(a.read);
             }
+            conn.expect_late(&a.late);
             Waiting::Fcgi(conn)
         } else {
             Waiting::Plain {
@@ -1156,7 +1158,7 @@ impl Acceptor {
                         false
                     }
                 },
-                Waiting::Fcgi(conn) => conn.hand_on(&[], age, connection::Why::Busy),
+                Waiting::Fcgi(conn) => conn.hand_on(&[], age, connection::Why::Busy, &[]),
             };
             if sent {
                 looked.sent += 1;
@@ -1195,9 +1197,14 @@ impl Acceptor {
                 ref read,
                 ..
             } => {
-                if let Err(err) =
-                    ch.send(sock.as_fd(), listener, Some(started.elapsed()), read, false)
-                {
+                if let Err(err) = ch.send(
+                    sock.as_fd(),
+                    listener,
+                    Some(started.elapsed()),
+                    read,
+                    false,
+                    &[],
+                ) {
                     tracing::warn!(%peer, error = %err, "cannot hand a new connection over to the serving workers; it waits here");
                     self.to_lane(pending::Entry { conn, started });
                 }

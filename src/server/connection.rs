@@ -553,7 +553,7 @@ fn hand_on(
     read.extend_from_slice(rest);
     let sent = match why {
         Why::NoRoom | Why::Leaving => {
-            channel.send(sock, listener, Some(started.elapsed()), &read, false)
+            channel.send(sock, listener, Some(started.elapsed()), &read, false, &[])
         }
         Why::Busy => channel.send_now(sock, listener, started.elapsed(), &read),
     };

@@ -607,8 +607,17 @@ pub fn run(
             }
             // No request runs now: a cut response's mark still waiting for room goes
             // out before the runtime (and the task) is dropped; one still waiting at
-            // --graceful-timeout is a cut response too (exit code 1).
-            let marked = parking.marks_out(deadline).await;
+            // --graceful-timeout is a cut response too (exit code 1). An event loop's
+            // cut-off marks its responses as it cuts them, at --graceful-timeout: they
+            // get the moment the process's own cuts get below, not a deadline past.
+            // regression (review 422, HIGH): closed unmarked at once, mid-record.
+            let loop_cut = loop_stop.as_ref().is_some_and(|s| s.cut_tasks() > 0);
+            let marks_until = if loop_cut {
+                deadline.max(Instant::now() + MARKS_WAIT)
+            } else {
+                deadline
+            };
+            let marked = parking.marks_out(marks_until).await;
             joined && read_whole && marked
         };
         let mut drain = std::pin::pin!(drain);
@@ -795,10 +804,11 @@ pub fn run(
         // plainly, which nginx may take for their responses' end. They are cut first,
         // their marks given a moment (the master kills a worker a second past
         // --graceful-timeout).
-        if !finished && parking.cut_responding() > 0 {
-            let _ = parking
-                .marks_out(Instant::now() + Duration::from_millis(500))
-                .await;
+        // (Those an event loop's cut-off cut and marked already are no longer listed:
+        // their marks may still wait. regression (review 422, HIGH): the worker exited
+        // without waiting for them, and closed those responses unmarked, mid-record.)
+        if !finished && (parking.cut_responding() > 0 || parking.marks_pending()) {
+            let _ = parking.marks_out(Instant::now() + MARKS_WAIT).await;
         }
         if let Some(task) = lost {
             let _ = task.await;
@@ -1195,6 +1205,9 @@ impl Serving {
 /// end, each with its access line) before the worker exits: within the master's 1.5 s
 /// before its kill, with the drain's 100 ms and the FastCGI marks' 500 ms after it.
 const LOOP_CUT_WAIT: Duration = Duration::from_millis(500);
+/// How long the marks of responses cut as the process leaves may wait for room (the
+/// master kills a stopping worker a second past --graceful-timeout).
+const MARKS_WAIT: Duration = Duration::from_millis(500);
 /// How long an immediate stop waits for the event loop to take its cut-off at all.
 const LOOP_TAKE_WAIT: Duration = Duration::from_millis(250);
 

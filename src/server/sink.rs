@@ -9,8 +9,8 @@
 
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::sync::atomic::{fence, AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rustix::event::{PollFd, PollFlags, Timespec};
@@ -38,6 +38,7 @@ pub fn send_all_until(
     stop: Option<&Stop>,
 ) -> (usize, io::Result<()>) {
     let mut sent = 0;
+    let mut armed = None;
     while sent < data.len() {
         let waited = match rustix::net::send(sock.as_fd(), &data[sent..], SendFlags::NOSIGNAL) {
             Ok(n) => {
@@ -47,9 +48,9 @@ pub fn send_all_until(
                 if sent == data.len() {
                     break;
                 }
-                wait_writable_until(sock, timeout, stop)
+                wait_writable_until(sock, timeout, stop, &mut armed)
             }
-            Err(Errno::AGAIN) => wait_writable_until(sock, timeout, stop),
+            Err(Errno::AGAIN) => wait_writable_until(sock, timeout, stop, &mut armed),
             Err(Errno::INTR) => Ok(()),
             Err(e) => Err(e.into()),
         };
@@ -67,23 +68,32 @@ pub const STOP_CHECK: Duration = Duration::from_millis(50);
 /// What stops a send waiting for room ([`send_all_until`]) once raised: a flag, and an
 /// eventfd that raising it signals, polled together with the socket, so a stalled
 /// send sleeps until the socket has room, the stop, or its timeout (it woke 20 times a
-/// second to look at the flag before). The eventfd is made by the first wait that
-/// needs it: a connection that never waits for room costs no descriptor.
+/// second to look at the flag before). The eventfd exists only while a send that had
+/// to wait is under way ([`Armed`]): a connection costs no descriptor for it between
+/// such sends (review 422: kept for the connection's life, every FastCGI connection
+/// that once waited for room held one more, past what `--max-connections` counts).
 #[derive(Default)]
 pub struct Stop {
     raised: AtomicBool,
-    wake: OnceLock<Option<OwnedFd>>,
+    /// The eventfd, while sends wait ([`Armed`] holds a reference each).
+    wake: Mutex<Option<Arc<OwnedFd>>>,
+}
+
+/// A send's hold on its [`Stop`]'s eventfd, from its first wait for room to its end.
+struct Armed<'a> {
+    stop: &'a Stop,
+    fd: Option<Arc<OwnedFd>>,
 }
 
 impl Stop {
     /// Raises it for good, waking any wait.
     pub fn raise(&self) {
         self.raised.store(true, Ordering::SeqCst);
-        // Pairs with the fence in `wake_fd`: either the wait sees the flag, or this
-        // sees its eventfd.
-        fence(Ordering::SeqCst);
-        if let Some(Some(fd)) = self.wake.get() {
-            let _ = rustix::io::write(fd, &1u64.to_ne_bytes());
+        // Under the lock `arm` takes: either the wait sees the flag, or this sees its
+        // eventfd.
+        let wake = self.wake.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(fd) = &*wake {
+            let _ = rustix::io::write(&**fd, &1u64.to_ne_bytes());
         }
     }
 
@@ -91,19 +101,34 @@ impl Stop {
         self.raised.load(Ordering::Acquire)
     }
 
-    /// The eventfd a wait polls (made now if need be; `None` if it cannot be), and
-    /// whether it is raised already.
-    fn wake_fd(&self) -> (Option<BorrowedFd<'_>>, bool) {
-        let fd = self
-            .wake
-            .get_or_init(|| {
-                use rustix::event::{eventfd, EventfdFlags};
-                eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK).ok()
-            })
-            .as_ref()
-            .map(|f| f.as_fd());
-        fence(Ordering::SeqCst);
-        (fd, self.raised.load(Ordering::SeqCst))
+    /// The eventfd a send's waits poll, made now if need be (`None` in the hold if it
+    /// cannot be: the waits then look at the flag every [`STOP_CHECK`]).
+    fn arm(&self) -> Armed<'_> {
+        let mut wake = self.wake.lock().unwrap_or_else(|e| e.into_inner());
+        if wake.is_none() {
+            use rustix::event::{eventfd, EventfdFlags};
+            *wake = eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK)
+                .ok()
+                .map(Arc::new);
+        }
+        Armed {
+            stop: self,
+            fd: wake.clone(),
+        }
+    }
+}
+
+impl Drop for Armed<'_> {
+    fn drop(&mut self) {
+        let Some(fd) = self.fd.take() else {
+            return;
+        };
+        // References are taken and let go under the lock: the count is exact there.
+        let mut wake = self.stop.wake.lock().unwrap_or_else(|e| e.into_inner());
+        drop(fd);
+        if wake.as_ref().is_some_and(|w| Arc::strong_count(w) == 1) {
+            *wake = None;
+        }
     }
 }
 
@@ -116,6 +141,7 @@ pub fn send_all_vectored(
     stop: Option<&Stop>,
 ) -> (usize, io::Result<()>) {
     let mut sent = 0;
+    let mut armed = None;
     while !bufs.is_empty() {
         let mut control = rustix::net::SendAncillaryBuffer::default();
         let waited =
@@ -127,10 +153,10 @@ pub fn send_all_vectored(
                     if bufs.is_empty() {
                         Ok(())
                     } else {
-                        wait_writable_until(sock, timeout, stop)
+                        wait_writable_until(sock, timeout, stop, &mut armed)
                     }
                 }
-                Err(Errno::AGAIN) => wait_writable_until(sock, timeout, stop),
+                Err(Errno::AGAIN) => wait_writable_until(sock, timeout, stop, &mut armed),
                 Err(Errno::INTR) => Ok(()),
                 Err(e) => Err(e.into()),
             };
@@ -143,21 +169,31 @@ pub fn send_all_vectored(
 
 /// Waits until the socket can take more bytes, or `t` passes.
 fn wait_writable(sock: &socket2::Socket, t: Duration) -> io::Result<()> {
-    wait_writable_until(sock, t, None)
+    wait_writable_until(sock, t, None, &mut None)
 }
 
 /// [`wait_writable`], ended early by `stop` (polled as its eventfd, else in waits of
-/// [`STOP_CHECK`] that look at it in between).
-fn wait_writable_until(sock: &socket2::Socket, t: Duration, stop: Option<&Stop>) -> io::Result<()> {
+/// [`STOP_CHECK`] that look at it in between). `armed`: the send's hold on that
+/// eventfd, taken at its first wait, let go when the send ends.
+fn wait_writable_until<'s>(
+    sock: &socket2::Socket,
+    t: Duration,
+    stop: Option<&'s Stop>,
+    armed: &mut Option<Armed<'s>>,
+) -> io::Result<()> {
     let Some(stop) = stop else {
         return match poll_writable(sock, t, None)? {
             true => Ok(()),
             false => Err(read_nothing(t)),
         };
     };
-    let (wake, raised) = stop.wake_fd();
+    let wake = armed
+        .get_or_insert_with(|| stop.arm())
+        .fd
+        .as_deref()
+        .map(|f| f.as_fd());
     let deadline = Instant::now() + t;
-    let mut raised = raised;
+    let mut raised = stop.is_raised();
     loop {
         if raised {
             return Err(io::Error::new(

@@ -544,7 +544,7 @@ mod tests {
             }
             let t = out.len() - tail.len();
             sents.extend([
-                t - 1,
+                t.saturating_sub(1),
                 t,
                 t + 1,
                 t + HEADER_LEN,

@@ -193,6 +193,24 @@ pub struct BegunIds {
 }
 
 impl BegunIds {
+    /// What a connection's next reader needs of another's (a worker that handed it
+    /// on): the requests whose bodies still come, `late` (begun, and late).
+    pub fn with_late(late: &[u16]) -> BegunIds {
+        let mut begun = BegunIds::default();
+        for &id in late {
+            begun.mark(id);
+            if !begun.late.contains(&id) {
+                begun.late.push(id);
+            }
+        }
+        begun
+    }
+
+    /// The requests finished while their bodies still came, whose rest may follow.
+    pub fn late(&self) -> &[u16] {
+        &self.late
+    }
+
     pub fn mark(&mut self, id: u16) {
         if (1..=64).contains(&id) {
             self.low |= 1 << (id - 1);
@@ -349,6 +367,11 @@ impl ConnParser {
     /// answer, and closes the connection anywhere in it after an early answer.
     pub fn late_body(&self) -> bool {
         !self.begun.late.is_empty()
+    }
+
+    /// The ids whose finished requests' bodies may still come ([`late_body`](Self::late_body)).
+    pub fn late_ids(&self) -> &[u16] {
+        self.begun.late()
     }
 
     /// `partial` (what is left of the connection's input: less than a record) may be
@@ -1812,6 +1835,19 @@ mod tests {
         assert_eq!(next.take_stray(), None);
         assert_eq!(feed(&mut next, &record(STDIN, 300, b"x")).unwrap(), vec![]);
         assert_eq!(next.take_stray(), Some(300));
+        // Given as late by another worker (the ids that travel with a hand-over): its
+        // rest is no stray, and its empty STDIN ends it.
+        let mut other = parser();
+        other.set_begun(BegunIds::with_late(&[ID, ID]));
+        assert_eq!(other.late_ids(), [ID]);
+        assert_eq!(
+            feed(&mut other, &record(STDIN, ID, b"rest")).unwrap(),
+            vec![]
+        );
+        assert_eq!(other.take_stray(), None);
+        assert!(other.late_body());
+        feed(&mut other, &record(STDIN, ID, b"")).unwrap();
+        assert!(!other.late_body());
         // An abort for an id not in flight is no stray: it may follow a response.
         assert_eq!(
             feed(&mut next, &record(ABORT_REQUEST, 9, &[])).unwrap(),

@@ -70,6 +70,17 @@ const FRESH: u8 = 1;
 /// A kept connection whose next request is in its socket, unread, sent by a worker
 /// whose Python threads were all busy ([`Channel::send_waiting`]).
 const WAITING: u8 = 2;
+/// Or'ed into a fresh or kept connection's kind (a leaving worker's, with the requests
+/// it held for the workers that serve on, or idle): the ids of requests answered there
+/// while their bodies still came follow the fixed part, a count (one byte) then each id (u16, LE), ahead
+/// of the bytes read: the rest of those bodies may still come, and its new worker
+/// ignores it quietly, as that worker would have, instead of taking it for records of
+/// an id no BEGIN_REQUEST named (which closed the connection at --head-timeout).
+const LATE: u8 = 0x40;
+/// Most such ids that travel ([`LATE`]): front servers that multiplex use a few.
+pub const LATE_MAX: usize = 64;
+/// Room they take in a message.
+pub const LATE_ROOM: usize = 1 + 2 * LATE_MAX;
 /// Or'ed into a kept connection's kind: a request on it said its front server is
 /// nginx (`SERVER_SOFTWARE`), which its new worker could not learn otherwise before
 /// the connection's next request (an nginx on another host), and which the final
@@ -108,6 +119,8 @@ pub struct Adopted {
     pub waited: Option<Duration>,
     /// A request on this kept connection said its front server is nginx ([`SAID_NGINX`]).
     pub said_nginx: bool,
+    /// Requests answered by the leaving worker whose bodies may still come ([`LATE`]).
+    pub late: Vec<u16>,
 }
 
 impl Channel {
@@ -175,8 +188,9 @@ impl Channel {
     /// `fresh_for`: it never carried a request, and has been open that long; `read`:
     /// the bytes already read from such one (at most [`MAX_READ`]), which its new
     /// worker takes before the socket's; `said_nginx`: a request on a kept one said
-    /// its front server is nginx. Err: it could not be sent; the caller still owns
-    /// (and closes) it.
+    /// its front server is nginx; `late`: with `read`, the requests answered whose
+    /// bodies may still come ([`LATE`], the first [`LATE_MAX`]). Err: it could not be
+    /// sent; the caller still owns (and closes) it.
     pub fn send(
         &self,
         sock: BorrowedFd<'_>,
@@ -184,6 +198,7 @@ impl Channel {
         fresh_for: Option<Duration>,
         read: &[u8],
         said_nginx: bool,
+        late: &[u16],
     ) -> std::io::Result<()> {
         // Its master gone, every worker leaves and none reads the channel again: a
         // connection sent now would wait there, its request unread, until the last
@@ -194,16 +209,36 @@ impl Channel {
                 "the master is gone: no worker serves on to take the connection",
             ));
         }
-        if read.len() > MAX_READ || (fresh_for.is_none() && !read.is_empty()) {
+        let late = &late[..late.len().min(LATE_MAX)];
+        let late_len = if late.is_empty() {
+            0
+        } else {
+            1 + 2 * late.len()
+        };
+        if read.len() + late_len > MAX_READ || (fresh_for.is_none() && !read.is_empty()) {
             return Err(std::io::Error::other(
                 "too many bytes read to hand the connection over",
             ));
         }
+        let late_bit = if late.is_empty() { 0 } else { LATE };
         let msg = match fresh_for {
-            Some(age) => message(listener, FRESH, age),
-            None => message(listener, KEPT | nginx_bit(said_nginx), Duration::ZERO),
+            Some(age) => message(listener, FRESH | late_bit, age),
+            None => message(
+                listener,
+                KEPT | nginx_bit(said_nginx) | late_bit,
+                Duration::ZERO,
+            ),
         };
-        self.send_message(sock, &msg, read, true)
+        if late.is_empty() {
+            return self.send_message(sock, &msg, read, true);
+        }
+        let mut out = Vec::with_capacity(late_len + read.len());
+        out.push(late.len() as u8);
+        for id in late {
+            out.extend_from_slice(&id.to_le_bytes());
+        }
+        out.extend_from_slice(read);
+        self.send_message(sock, &msg, &out, true)
     }
 
     /// [`Channel::send`] for a connection whose request the slow lane read whole while
@@ -331,13 +366,19 @@ impl Channel {
             return None;
         }
         let extra = got.bytes.saturating_sub(MESSAGE_LEN);
-        let (kind, said_nginx) = (msg[5] & !SAID_NGINX, msg[5] & SAID_NGINX != 0);
+        let (said_nginx, has_late) = (msg[5] & SAID_NGINX != 0, msg[5] & LATE != 0);
+        let kind = msg[5] & !(SAID_NGINX | LATE);
+        let late_len = match read.first() {
+            Some(&n) if has_late && extra > 0 => 1 + 2 * usize::from(n),
+            _ => 0,
+        };
         let well_formed = got.bytes >= MESSAGE_LEN
             && extra <= MAX_READ
             && msg[0] == MAGIC
             && kind <= WAITING
-            && (kind == FRESH || extra == 0)
+            && (kind == FRESH || extra == late_len)
             && !(kind == FRESH && said_nginx)
+            && (!has_late || (kind != WAITING && late_len > 1 && late_len <= extra.min(LATE_ROOM)))
             && fds.len() == 1;
         if !well_formed {
             tracing::warn!(
@@ -356,6 +397,13 @@ impl Channel {
         let waited = (kind == WAITING).then(since);
         let fd = fds.pop()?;
         read.truncate(extra);
+        let late = read[..late_len]
+            .get(1..)
+            .unwrap_or_default()
+            .chunks_exact(2)
+            .map(|b| u16::from_le_bytes([b[0], b[1]]))
+            .collect();
+        read.drain(..late_len);
         Some(Adopted {
             sock: socket2::Socket::from(fd),
             listener,
@@ -363,6 +411,7 @@ impl Channel {
             read,
             waited,
             said_nginx,
+            late,
         })
     }
 }
@@ -412,7 +461,7 @@ mod tests {
         let (mut front, ours) = UnixStream::pair().unwrap();
         // The front server's next request, sent before the hand-over, read by nobody.
         front.write_all(b"next request").unwrap();
-        ch.send(ours.as_fd(), 3, None, &[], false).unwrap();
+        ch.send(ours.as_fd(), 3, None, &[], false, &[]).unwrap();
         drop(ours);
         let a = ch.take().expect("one connection handed over");
         assert_eq!(a.listener, 3);
@@ -432,17 +481,17 @@ mod tests {
     fn a_kept_connection_carries_whether_its_front_server_said_it_is_nginx() {
         let ch = Channel::pair().unwrap();
         let (_front, ours) = UnixStream::pair().unwrap();
-        ch.send(ours.as_fd(), 1, None, &[], true).unwrap();
+        ch.send(ours.as_fd(), 1, None, &[], true, &[]).unwrap();
         let a = ch.take().expect("a kept one");
         assert!(a.said_nginx && a.fresh_for.is_none() && a.waited.is_none());
-        ch.send(ours.as_fd(), 1, None, &[], false).unwrap();
+        ch.send(ours.as_fd(), 1, None, &[], false, &[]).unwrap();
         assert!(!ch.take().expect("a kept one").said_nginx);
         ch.send_waiting(ours.as_fd(), 1, Duration::from_millis(5), true)
             .unwrap();
         let a = ch.take().expect("a waiting one");
         assert!(a.said_nginx && a.waited.is_some());
         // A fresh connection never carried a request: never marked.
-        ch.send(ours.as_fd(), 1, Some(Duration::ZERO), &[], true)
+        ch.send(ours.as_fd(), 1, Some(Duration::ZERO), &[], true, &[])
             .unwrap();
         let a = ch.take().expect("a fresh one");
         assert!(!a.said_nginx && a.fresh_for.is_some());
@@ -479,7 +528,7 @@ mod tests {
         let mut got = [0u8; 7];
         (&a.sock).read_exact(&mut got).unwrap();
         assert_eq!(&got, b"request");
-        ch.send(front.as_fd(), 0, None, &[], false).unwrap();
+        ch.send(front.as_fd(), 0, None, &[], false, &[]).unwrap();
         assert_eq!(ch.take().expect("a kept one").waited, None);
     }
 
@@ -514,6 +563,7 @@ mod tests {
             Some(Duration::from_millis(1500)),
             &[],
             false,
+            &[],
         )
         .unwrap();
         // Taken a while later: that time counts too (regression: the age at sending
@@ -535,10 +585,10 @@ mod tests {
         let (mut front, ours) = UnixStream::pair().unwrap();
         front.write_all(b" rest").unwrap();
         let head = vec![7u8; 70_000];
-        ch.send(ours.as_fd(), 1, Some(Duration::ZERO), &head, false)
+        ch.send(ours.as_fd(), 1, Some(Duration::ZERO), &head, false, &[])
             .unwrap();
         assert!(
-            ch.send(ours.as_fd(), 1, None, b"x", false).is_err(),
+            ch.send(ours.as_fd(), 1, None, b"x", false, &[]).is_err(),
             "a kept connection carries no bytes"
         );
         let a = ch.take().expect("one connection handed over");
@@ -546,6 +596,55 @@ mod tests {
         let mut got = [0u8; 5];
         (&a.sock).read_exact(&mut got).unwrap();
         assert_eq!(&got, b" rest");
+    }
+
+    #[test]
+    fn the_ids_of_bodies_answered_early_travel_with_a_connection() {
+        let ch = Channel::pair().unwrap();
+        let (_front, ours) = UnixStream::pair().unwrap();
+        let held = vec![9u8; 1000];
+        ch.send(
+            ours.as_fd(),
+            1,
+            Some(Duration::ZERO),
+            &held,
+            false,
+            &[2, 300],
+        )
+        .unwrap();
+        let a = ch.take().expect("a fresh one");
+        assert_eq!((a.late, a.read), (vec![2, 300], held));
+        // Idle (kept), and past LATE_MAX: the first ones.
+        let many: Vec<u16> = (1..=100).collect();
+        ch.send(ours.as_fd(), 1, None, &[], true, &many).unwrap();
+        let a = ch.take().expect("a kept one");
+        assert!(a.said_nginx && a.fresh_for.is_none() && a.read.is_empty());
+        assert_eq!(a.late, many[..LATE_MAX]);
+        // None: none travel.
+        ch.send(ours.as_fd(), 1, Some(Duration::ZERO), b"x", false, &[])
+            .unwrap();
+        let a = ch.take().expect("a fresh one");
+        assert_eq!((a.late.len(), &a.read[..]), (0, &b"x"[..]));
+        // A waiting one never has them, nor a count past the bytes that came.
+        for (kind, extra) in [
+            (WAITING | LATE, vec![1u8, 5, 0]),
+            (FRESH | LATE, vec![3u8, 5, 0]),
+        ] {
+            let mut msg = message(1, kind, Duration::ZERO).to_vec();
+            msg.extend_from_slice(&extra);
+            let fds = [ours.as_fd()];
+            let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+            let mut control = SendAncillaryBuffer::new(&mut space);
+            assert!(control.push(SendAncillaryMessage::ScmRights(&fds)));
+            rustix::net::sendmsg(
+                &ch.tx,
+                &[IoSlice::new(&msg)],
+                &mut control,
+                SendFlags::empty(),
+            )
+            .unwrap();
+            assert!(ch.take().is_none(), "kind {kind:#x}");
+        }
     }
 
     #[test]

@@ -17,8 +17,10 @@ use crate::proto::fastcgi as fcgi;
 
 /// At most this much is held for one connection (records framed again): the hand-over
 /// carries at most [`super::handover::MAX_READ`], and what follows the held records
-/// (less than one record, up to 65,543 bytes plus padding) goes with them.
-pub(super) const HOLD_MAX: usize = super::handover::MAX_READ - 65_536 - 8 - 256 - ABORTS;
+/// (less than one record, up to 65,543 bytes plus padding) goes with them, as do the
+/// ids of bodies answered early that may still come.
+pub(super) const HOLD_MAX: usize =
+    super::handover::MAX_READ - 65_536 - 8 - 256 - ABORTS - super::handover::LATE_ROOM;
 
 /// Room kept for held requests' FCGI_ABORT_REQUEST records (one each, 8 bytes, for at
 /// most 64 requests on a connection), never refused for room.

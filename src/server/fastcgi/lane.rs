@@ -906,8 +906,8 @@ pub async fn serve(
         // The requests held as this worker leaves go on with the connection once none
         // runs here (nor is begun and not held: a request still sending its PARAMS),
         // with the bytes read after them. (The rest of a body answered early may still
-        // come: its worker there ignores those records, as any for an id it never
-        // began; waiting for them could be for ever.)
+        // come: its id travels with them, and its worker there reads it quietly, as
+        // this one would; waiting for it could be for ever.)
         if !holding.is_empty() && slots.is_empty() && backlog.is_empty() {
             let can = conn.parking.hands_over() && !eof && !bad_input && !peer_closed;
             if can && parser.active() > holding.len() {
@@ -919,7 +919,8 @@ pub async fn serve(
                     // Their heads are whole: what follows them is timed from now (the
                     // age of a FRESH hand-over starts the --head-timeout there).
                     let age = std::time::Duration::ZERO;
-                    if conn.hand_on(&read, age, crate::server::connection::Why::Leaving) {
+                    let why = crate::server::connection::Why::Leaving;
+                    if conn.hand_on(&read, age, why, parser.late_ids()) {
                         drop(afd);
                         conn.close();
                         return;
@@ -2105,14 +2106,16 @@ fn handle_event(
             };
             if !conn.came_carried() && movable && lane.busy_here() {
                 let why = crate::server::connection::Why::Busy;
-                if reframed().is_some_and(|r| conn.hand_on(&r, conn_started.elapsed(), why)) {
+                if reframed().is_some_and(|r| conn.hand_on(&r, conn_started.elapsed(), why, &[])) {
                     return Step::HandedOn;
                 }
             }
             if let Some(p) = conn.permit() {
                 if !p.try_begin() {
                     let why = crate::server::connection::Why::NoRoom;
-                    if reframed().is_some_and(|r| conn.hand_on(&r, conn_started.elapsed(), why)) {
+                    if reframed()
+                        .is_some_and(|r| conn.hand_on(&r, conn_started.elapsed(), why, &[]))
+                    {
                         return Step::HandedOn;
                     }
                     tracing::debug!(%peer, fcgi_id = id, "no room left under --max-requests, and this FastCGI request cannot go to another worker (another request runs on its connection, or none serves on): served here");

@@ -595,6 +595,23 @@ impl FcgiConn {
         *self.begun.lock().unwrap_or_else(|e| e.into_inner()) = begun;
     }
 
+    /// Handed over with requests a leaving worker answered while their bodies still
+    /// came (`late`): the rest of those bodies is read quietly here too.
+    pub fn expect_late(&self, late: &[u16]) {
+        if !late.is_empty() {
+            self.keep_begun(fcgi::BegunIds::with_late(late));
+        }
+    }
+
+    /// The requests answered on it whose bodies may still come, to travel with it.
+    fn late_ids(&self) -> Vec<u16> {
+        self.begun
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .late()
+            .to_vec()
+    }
+
     /// It has bytes a leaving worker read ([`FcgiConn::carry`]), not yet taken.
     pub fn has_carried(&self) -> bool {
         !self
@@ -612,11 +629,14 @@ impl FcgiConn {
     /// the socket is theirs, nothing more is read or shut down here. False when no
     /// worker serves on (a single process, the whole server stopping) or the send
     /// failed: it is served here.
+    /// `late`: requests answered here whose bodies may still come (see
+    /// [`handover::LATE`]).
     pub(super) fn hand_on(
         &self,
         read: &[u8],
         age: Duration,
         why: crate::server::connection::Why,
+        late: &[u16],
     ) -> bool {
         use crate::server::connection::Why;
         // regression (review of 5bfe91d): a multiplexing client's next request could
@@ -631,9 +651,14 @@ impl FcgiConn {
             return false;
         };
         let sent = match why {
-            Why::NoRoom | Why::Leaving => {
-                channel.send(self.sock.as_fd(), self.listener, Some(age), read, false)
-            }
+            Why::NoRoom | Why::Leaving => channel.send(
+                self.sock.as_fd(),
+                self.listener,
+                Some(age),
+                read,
+                false,
+                late,
+            ),
             Why::Busy => channel.send_now(self.sock.as_fd(), self.listener, age, read),
         };
         match sent {
@@ -718,6 +743,8 @@ impl FcgiConn {
         if e.kind() == io::ErrorKind::Interrupted && self.marking.load(Ordering::Acquire) {
             let (_, end) = fcgi::sent_split(data, sent);
             *self.unsent.lock().unwrap_or_else(|e| e.into_inner()) = data[sent..end].to_vec();
+            // Counted as sent: the mark's task sends it first.
+            return Err((end, e));
         } else {
             self.tear(&e);
         }
@@ -859,17 +886,18 @@ impl FcgiConn {
         match &r {
             Ok(()) => then(),
             Err(e) => {
+                // Stopped for a cut's mark (as in `send_locked`): the rest of the record
+                // it stopped inside goes first, and counts as sent.
+                if e.kind() == io::ErrorKind::Interrupted && self.marking.load(Ordering::Acquire) {
+                    let rest = fcgi::stream_rest(kind, id, data, tail, sent);
+                    sent += rest.len();
+                    *self.unsent.lock().unwrap_or_else(|e| e.into_inner()) = rest;
+                } else {
+                    self.tear(e)
+                }
                 if kind == fcgi::STDOUT {
                     let left = fcgi::stream_content_sent(data.len(), sent);
                     LEFT.with(|l| l.set(left));
-                }
-                // Stopped for a cut's mark (as in `send_locked`): the rest of the record
-                // it stopped inside goes first.
-                if e.kind() == io::ErrorKind::Interrupted && self.marking.load(Ordering::Acquire) {
-                    *self.unsent.lock().unwrap_or_else(|e| e.into_inner()) =
-                        fcgi::stream_rest(kind, id, data, tail, sent);
-                } else {
-                    self.tear(e)
                 }
             }
         }
@@ -920,7 +948,8 @@ impl FcgiConn {
 
     /// Cuts response `id` off as the process's leaving does ([`Parking::cut_responding`]):
     /// the mark, then the connection aborted, so that a write of it waiting for room
-    /// returns at once. False when it was not cut: its END_REQUEST is going out, or it
+    /// returns at once. (The other requests a multiplexing client has on it end with
+    /// it, as they would at the process's leave: their sends stop too.) False when it was not cut: its END_REQUEST is going out, or it
     /// was cut already. `lock_wait`: how long to wait for the write lock (zero when
     /// the response cannot be ending meanwhile: its only write is the one waiting).
     pub(super) fn cut(self: &Arc<Self>, id: u16, flags: &ReqFlags, lock_wait: Duration) -> bool {
@@ -2707,6 +2736,12 @@ impl Parking {
     /// Returns false when marks were still waiting at `deadline`: those responses may
     /// now look complete, so the stop is not clean (exit code 1).
     /// regression: it exited 0 (review LOW).
+    /// Cut responses' marks still wait for room (an ASGI loop's cut-off cuts its
+    /// responses before the process's leaving looks at them: [`FcgiConn::cut`]).
+    pub fn marks_pending(&self) -> bool {
+        !self.marks.is_empty()
+    }
+
     pub async fn marks_out(&self, deadline: std::time::Instant) -> bool {
         self.marks.close();
         if self.marks.is_empty() {
@@ -2768,12 +2803,14 @@ impl Parking {
         let fresh_for = fresh_since.map(|t| t.elapsed());
         // A request it came with from a leaving worker, not begun here, goes on with it.
         let read = conn.take_carried();
+        let late = conn.late_ids();
         match channel.send(
             conn.sock.as_fd(),
             conn.listener,
             fresh_for,
             &read,
             conn.said_nginx(),
+            &late,
         ) {
             Ok(()) => {
                 // Not `broken`: the END_REQUEST of its last request may still be going
@@ -2818,12 +2855,14 @@ impl Parking {
         };
         // Out of this epoll first: the other worker's own events start at once.
         self.unregister(conn);
+        let late = conn.late_ids();
         match channel.send(
             conn.sock.as_fd(),
             conn.listener,
             None,
             &[],
             conn.said_nginx(),
+            &late,
         ) {
             Ok(()) => {
                 conn.handed_over.store(true, Ordering::Release);

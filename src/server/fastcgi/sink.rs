@@ -954,7 +954,9 @@ impl Drop for FcgiSink {
             // Cut as the process leaves ([`FcgiConn::cut`]): a write of it that came back
             // after the event loop had closed (ASGI) has nobody left to finish it.
             if self.flags.cut.load(Ordering::Acquire) {
-                tracing::debug!("a FastCGI response cut off as the process leaves was dropped");
+                // Its access line is lost (the event loop closed before its write came
+                // back): said, not silently.
+                tracing::warn!(peer = %self.conn.peer, fcgi_id = self.id, bytes = self.written, "a FastCGI response cut off as the process leaves ended without its access line (its write came back after the event loop had closed)");
             } else {
                 tracing::error!(
                     "internal error: a FastCGI response was dropped unfinished; connection aborted"
