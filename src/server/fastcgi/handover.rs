@@ -632,17 +632,7 @@ mod tests {
         ] {
             let mut msg = message(1, kind, Duration::ZERO).to_vec();
             msg.extend_from_slice(&extra);
-            let fds = [ours.as_fd()];
-            let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
-            let mut control = SendAncillaryBuffer::new(&mut space);
-            assert!(control.push(SendAncillaryMessage::ScmRights(&fds)));
-            rustix::net::sendmsg(
-                &ch.tx,
-                &[IoSlice::new(&msg)],
-                &mut control,
-                SendFlags::empty(),
-            )
-            .unwrap();
+            send_raw(&ch, &msg, &[ours.as_fd()]);
             assert!(ch.take().is_none(), "kind {kind:#x}");
         }
     }
@@ -654,20 +644,25 @@ mod tests {
         let ch = Channel::pair().unwrap();
         let socks: Vec<_> = (0..5).map(|_| UnixStream::pair().unwrap().0).collect();
         let fds: Vec<BorrowedFd<'_>> = socks.iter().map(|s| s.as_fd()).collect();
-        let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(5))];
-        let mut control = SendAncillaryBuffer::new(&mut space);
-        assert!(control.push(SendAncillaryMessage::ScmRights(&fds)));
         let mut msg = [0u8; MESSAGE_LEN];
         msg[0] = MAGIC;
+        send_raw(&ch, &msg, &fds);
+        assert!(ch.take().is_none());
+        assert!(ch.take().is_none(), "nothing more to take");
+    }
+
+    /// Sends `msg` with `fds` (five at most) on the channel, as no worker would.
+    fn send_raw(ch: &Channel, msg: &[u8], fds: &[BorrowedFd<'_>]) {
+        let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(5))];
+        let mut control = SendAncillaryBuffer::new(&mut space);
+        assert!(control.push(SendAncillaryMessage::ScmRights(fds)));
         rustix::net::sendmsg(
             &ch.tx,
-            &[IoSlice::new(&msg)],
+            &[IoSlice::new(msg)],
             &mut control,
             SendFlags::empty(),
         )
         .unwrap();
-        assert!(ch.take().is_none());
-        assert!(ch.take().is_none(), "nothing more to take");
     }
 
     #[test]
