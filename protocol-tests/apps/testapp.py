@@ -277,7 +277,9 @@ def application(environ, start_response):
     if path == "/pid":
         return text(start_response, str(os.getpid()))
     if path == "/pid-sleep":
-        time.sleep(float(q.get("s", 1)))
+        # With `pid`, only that worker sleeps (a test pins one worker's threads).
+        if q.get("pid", str(os.getpid())) == str(os.getpid()):
+            time.sleep(float(q.get("s", 1)))
         return text(start_response, str(os.getpid()))
     if path == "/sys":
         return as_json(

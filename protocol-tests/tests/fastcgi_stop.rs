@@ -383,3 +383,136 @@ fn the_rest_of_a_body_answered_early_goes_with_held_requests_to_the_new_worker()
     p.signal(libc::SIGTERM);
     p.wait_exit(20);
 }
+
+/// A request answered early (413) on a kept connection that then parks in a worker
+/// whose only thread gets busy: the rest of that body wakes the connection, which goes
+/// to a worker with a free thread with the id, and that worker reads it quietly.
+/// regression (review 423, MEDIUM): that hand-over (`Parking::relieve`) carried no ids,
+/// and the other worker closed the connection at --head-timeout with a WARN.
+#[test]
+fn the_rest_of_a_body_answered_early_goes_with_a_connection_relieved_of_a_busy_worker() {
+    let dir = tempdir();
+    let mut p = Spawn::unix(dir.path(), &testapp())
+        .protocol("fastcgi")
+        .args([
+            "--master",
+            "--workers",
+            "2",
+            "--threads",
+            "1",
+            "--max-body",
+            "1000",
+            "--head-timeout",
+            "2",
+        ])
+        .start();
+    assert!(p.wait_log("all 2 workers ready", 30), "{}", p.logs());
+    let mut s = unix(&p);
+    s.write_all(&fcgi::get(1, true, "/pid")).unwrap();
+    let old = replies_on(&mut s, 1);
+    let mut vars = fcgi::get_vars("/echo");
+    vars[0].1 = "POST".into();
+    vars.push(("CONTENT_LENGTH", "3000".into()));
+    let v: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    s.write_all(&fcgi::head(2, true, &v)).unwrap();
+    s.write_all(&fcgi::record(fcgi::STDIN, 2, &[b'a'; 800]))
+        .unwrap();
+    let got = replies(&mut s, &[2]);
+    assert_eq!(got[&2].cgi().0, 413, "{got:?}\n{}", p.logs());
+    std::thread::sleep(Duration::from_millis(300));
+    // The old worker's only thread busy: connections until one lands there (the other
+    // worker answers at once).
+    let pin = (0..40).find_map(|_| {
+        let mut t = unix(&p);
+        t.set_read_timeout(Some(Duration::from_millis(500)))
+            .unwrap();
+        t.write_all(&fcgi::get(1, true, &format!("/pid-sleep?pid={old}&s=8")))
+            .unwrap();
+        let mut b = [0u8; 1];
+        std::io::Read::read(&mut t, &mut b).is_err().then_some(t)
+    });
+    assert!(
+        pin.is_some(),
+        "the old worker was never pinned\n{}",
+        p.logs()
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    for part in [
+        &[b'b'; 800][..],
+        &[b'c'; 800][..],
+        &[b'd'; 600][..],
+        &[][..],
+    ] {
+        s.write_all(&fcgi::record(fcgi::STDIN, 2, part)).unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(3000));
+    // (Closed, the write fails or nothing comes back.)
+    let _ = s.write_all(&fcgi::get(4, true, "/pid"));
+    let got = replies(&mut s, &[4]);
+    let logs = p.logs();
+    assert!(
+        got.get(&4).is_some_and(|r| r.end == Some((0, 0))),
+        "the connection did not go on: {got:?}\n{logs}"
+    );
+    assert!(!logs.contains("no BEGIN_REQUEST named"), "{logs}");
+    p.signal(libc::SIGTERM);
+    p.wait_exit(20);
+}
+
+/// The same for an idle kept connection handed over at a reload.
+#[test]
+fn the_rest_of_a_body_answered_early_goes_with_an_idle_connection_at_a_reload() {
+    let dir = tempdir();
+    let mut p = Spawn::unix(dir.path(), &testapp())
+        .protocol("fastcgi")
+        .args([
+            "--master",
+            "--threads",
+            "2",
+            "--max-body",
+            "1000",
+            "--head-timeout",
+            "2",
+        ])
+        .start();
+    assert!(p.wait_log("all 1 workers ready", 30), "{}", p.logs());
+    let mut s = unix(&p);
+    s.write_all(&fcgi::get(1, true, "/pid")).unwrap();
+    let old = replies_on(&mut s, 1);
+    let mut vars = fcgi::get_vars("/echo");
+    vars[0].1 = "POST".into();
+    vars.push(("CONTENT_LENGTH", "3000".into()));
+    let v: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    s.write_all(&fcgi::head(2, true, &v)).unwrap();
+    s.write_all(&fcgi::record(fcgi::STDIN, 2, &[b'a'; 800]))
+        .unwrap();
+    let got = replies(&mut s, &[2]);
+    assert_eq!(got[&2].cgi().0, 413, "{got:?}\n{}", p.logs());
+    std::thread::sleep(Duration::from_millis(300));
+    p.signal(libc::SIGHUP);
+    assert!(
+        p.wait_log("idle FastCGI keep-alive connections handed over", 20),
+        "{}",
+        p.logs()
+    );
+    for part in [
+        &[b'b'; 800][..],
+        &[b'c'; 800][..],
+        &[b'd'; 600][..],
+        &[][..],
+    ] {
+        s.write_all(&fcgi::record(fcgi::STDIN, 2, part)).unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(3000));
+    let _ = s.write_all(&fcgi::get(4, true, "/pid"));
+    let got = replies(&mut s, &[4]);
+    let logs = p.logs();
+    assert!(
+        got.get(&4).is_some_and(|r| r.end == Some((0, 0))),
+        "the connection did not go on: {got:?}\n{logs}"
+    );
+    assert_ne!(String::from_utf8_lossy(&got[&4].cgi().2), old);
+    assert!(!logs.contains("no BEGIN_REQUEST named"), "{logs}");
+    p.signal(libc::SIGTERM);
+    p.wait_exit(20);
+}

@@ -574,6 +574,8 @@ pub fn run(
         }
         tracker.close();
         let loop_stop = pool.loop_stop();
+        // The drain waited for the marks already (not when a second signal cut it short).
+        let marks_waited = std::cell::Cell::new(false);
         let drain = async {
             // Requests still being read at --graceful-timeout (an upload under way) are
             // cut off as surely as running ones: the stop is not clean (exit code 1).
@@ -618,6 +620,7 @@ pub fn run(
                 deadline
             };
             let marked = parking.marks_out(marks_until).await;
+            marks_waited.set(true);
             joined && read_whole && marked
         };
         let mut drain = std::pin::pin!(drain);
@@ -807,7 +810,11 @@ pub fn run(
         // (Those an event loop's cut-off cut and marked already are no longer listed:
         // their marks may still wait. regression (review 422, HIGH): the worker exited
         // without waiting for them, and closed those responses unmarked, mid-record.)
-        if !finished && (parking.cut_responding() > 0 || parking.marks_pending()) {
+        // (Not again those the drain waited for: review 423, a second wait and a second
+        // "closed unmarked" line for marks the front server never made room for.)
+        if !finished
+            && (parking.cut_responding() > 0 || (parking.marks_pending() && !marks_waited.get()))
+        {
             let _ = parking.marks_out(Instant::now() + MARKS_WAIT).await;
         }
         if let Some(task) = lost {

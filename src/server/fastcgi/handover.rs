@@ -70,9 +70,9 @@ const FRESH: u8 = 1;
 /// A kept connection whose next request is in its socket, unread, sent by a worker
 /// whose Python threads were all busy ([`Channel::send_waiting`]).
 const WAITING: u8 = 2;
-/// Or'ed into a fresh or kept connection's kind (a leaving worker's, with the requests
-/// it held for the workers that serve on, or idle): the ids of requests answered there
-/// while their bodies still came follow the fixed part, a count (one byte) then each id (u16, LE), ahead
+/// Or'ed into a connection's kind (a leaving worker's, with the requests it held for the
+/// workers that serve on, or idle; one relieved of a busy worker): the ids of requests
+/// answered there while their bodies still came follow the fixed part, a count (one byte) then each id (u16, LE), ahead
 /// of the bytes read: the rest of those bodies may still come, and its new worker
 /// ignores it quietly, as that worker would have, instead of taking it for records of
 /// an id no BEGIN_REQUEST named (which closed the connection at --head-timeout).
@@ -229,16 +229,10 @@ impl Channel {
                 Duration::ZERO,
             ),
         };
-        if late.is_empty() {
-            return self.send_message(sock, &msg, read, true);
+        match late_then(late, read) {
+            Some(extra) => self.send_message(sock, &msg, &extra, true),
+            None => self.send_message(sock, &msg, read, true),
         }
-        let mut out = Vec::with_capacity(late_len + read.len());
-        out.push(late.len() as u8);
-        for id in late {
-            out.extend_from_slice(&id.to_le_bytes());
-        }
-        out.extend_from_slice(read);
-        self.send_message(sock, &msg, &out, true)
     }
 
     /// [`Channel::send`] for a connection whose request the slow lane read whole while
@@ -267,23 +261,28 @@ impl Channel {
 
     /// Sends a kept connection whose next request is in its socket, unread, and has
     /// waited `waited` for a Python thread of this worker (all busy), to a worker
-    /// that has one free: its first free Python thread takes it.
+    /// that has one free: its first free Python thread takes it. `late`: as for
+    /// [`Channel::send`] (that "request" may be the rest of a body answered early).
     pub fn send_waiting(
         &self,
         sock: BorrowedFd<'_>,
         listener: usize,
         waited: Duration,
         said_nginx: bool,
+        late: &[u16],
     ) -> std::io::Result<()> {
         if crate::stop::orphaned() {
             return Err(std::io::Error::other(
                 "the master is gone: no worker serves on to take the connection",
             ));
         }
+        let late = &late[..late.len().min(LATE_MAX)];
+        let late_bit = if late.is_empty() { 0 } else { LATE };
         // Never waits: the I/O thread sends these; a full channel (WouldBlock) leaves
         // the connection here until its next look.
-        let kind = WAITING | nginx_bit(said_nginx);
-        self.send_message(sock, &message(listener, kind, waited), &[], false)
+        let msg = message(listener, WAITING | nginx_bit(said_nginx) | late_bit, waited);
+        let extra = late_then(late, &[]).unwrap_or_default();
+        self.send_message(sock, &msg, &extra, false)
     }
 
     /// Sends one message with `sock`; on a full channel waits up to [`SEND_WAIT`] for
@@ -378,7 +377,7 @@ impl Channel {
             && kind <= WAITING
             && (kind == FRESH || extra == late_len)
             && !(kind == FRESH && said_nginx)
-            && (!has_late || (kind != WAITING && late_len > 1 && late_len <= extra.min(LATE_ROOM)))
+            && (!has_late || (late_len > 1 && late_len <= extra.min(LATE_ROOM)))
             && fds.len() == 1;
         if !well_formed {
             tracing::warn!(
@@ -414,6 +413,21 @@ impl Channel {
             late,
         })
     }
+}
+
+/// `late` (at most [`LATE_MAX`] ids) as a message carries them ([`LATE`]), then `read`;
+/// `None` when there are none.
+fn late_then(late: &[u16], read: &[u8]) -> Option<Vec<u8>> {
+    if late.is_empty() {
+        return None;
+    }
+    let mut out = Vec::with_capacity(1 + 2 * late.len() + read.len());
+    out.push(late.len() as u8);
+    for id in late {
+        out.extend_from_slice(&id.to_le_bytes());
+    }
+    out.extend_from_slice(read);
+    Some(out)
 }
 
 fn nginx_bit(said: bool) -> u8 {
@@ -486,7 +500,7 @@ mod tests {
         assert!(a.said_nginx && a.fresh_for.is_none() && a.waited.is_none());
         ch.send(ours.as_fd(), 1, None, &[], false, &[]).unwrap();
         assert!(!ch.take().expect("a kept one").said_nginx);
-        ch.send_waiting(ours.as_fd(), 1, Duration::from_millis(5), true)
+        ch.send_waiting(ours.as_fd(), 1, Duration::from_millis(5), true, &[])
             .unwrap();
         let a = ch.take().expect("a waiting one");
         assert!(a.said_nginx && a.waited.is_some());
@@ -514,7 +528,7 @@ mod tests {
         let ch = Channel::pair().unwrap();
         let (mut front, ours) = UnixStream::pair().unwrap();
         front.write_all(b"request").unwrap();
-        ch.send_waiting(ours.as_fd(), 2, Duration::from_millis(700), false)
+        ch.send_waiting(ours.as_fd(), 2, Duration::from_millis(700), false, &[])
             .unwrap();
         drop(ours);
         std::thread::sleep(Duration::from_millis(100));
@@ -538,12 +552,12 @@ mod tests {
         let ch = Channel::pair().unwrap();
         let (_front, ours) = UnixStream::pair().unwrap();
         let full = (0..100_000)
-            .map(|_| ch.send_waiting(ours.as_fd(), 0, Duration::ZERO, false))
+            .map(|_| ch.send_waiting(ours.as_fd(), 0, Duration::ZERO, false, &[]))
             .find_map(Result::err)
             .expect("the channel fills");
         assert_eq!(full.kind(), std::io::ErrorKind::WouldBlock);
         let t = std::time::Instant::now();
-        let again = ch.send_waiting(ours.as_fd(), 0, Duration::ZERO, false);
+        let again = ch.send_waiting(ours.as_fd(), 0, Duration::ZERO, false, &[]);
         assert_eq!(again.unwrap_err().kind(), std::io::ErrorKind::WouldBlock);
         assert!(
             t.elapsed() < Duration::from_millis(100),
@@ -625,10 +639,18 @@ mod tests {
             .unwrap();
         let a = ch.take().expect("a fresh one");
         assert_eq!((a.late.len(), &a.read[..]), (0, &b"x"[..]));
-        // A waiting one never has them, nor a count past the bytes that came.
+        // Relieved of a busy worker: as kept.
+        ch.send_waiting(ours.as_fd(), 1, Duration::ZERO, false, &[7])
+            .unwrap();
+        let a = ch.take().expect("a waiting one");
+        assert!(a.waited.is_some() && a.read.is_empty());
+        assert_eq!(a.late, [7]);
+        // Never a count past the bytes that came, nor bytes past the ids but for a
+        // fresh one.
         for (kind, extra) in [
-            (WAITING | LATE, vec![1u8, 5, 0]),
+            (WAITING | LATE, vec![3u8, 5, 0]),
             (FRESH | LATE, vec![3u8, 5, 0]),
+            (KEPT | LATE, vec![1u8, 5, 0, 9]),
         ] {
             let mut msg = message(1, kind, Duration::ZERO).to_vec();
             msg.extend_from_slice(&extra);

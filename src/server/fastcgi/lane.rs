@@ -2096,8 +2096,9 @@ fn handle_event(
             // requests to --max-requests 10 were all served by one worker.
             // Alone on its connection, it can go to another worker: one with a free
             // thread when every thread here is busy (unless it came from one so).
-            // (Not while the rest of an earlier request's body may still come: the ids
-            // it tracks do not travel with the connection.)
+            // (Not while the rest of an earlier request's body may still come: these two
+            // hand-ons carry no such ids, unlike the leaving worker's and the idle
+            // ones.)
             let movable = slots.is_empty() && parser.active() == 1 && !parser.late_body();
             let reframed = || {
                 movable

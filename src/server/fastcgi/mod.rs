@@ -743,8 +743,6 @@ impl FcgiConn {
         if e.kind() == io::ErrorKind::Interrupted && self.marking.load(Ordering::Acquire) {
             let (_, end) = fcgi::sent_split(data, sent);
             *self.unsent.lock().unwrap_or_else(|e| e.into_inner()) = data[sent..end].to_vec();
-            // Counted as sent: the mark's task sends it first.
-            return Err((end, e));
         } else {
             self.tear(&e);
         }
@@ -887,11 +885,10 @@ impl FcgiConn {
             Ok(()) => then(),
             Err(e) => {
                 // Stopped for a cut's mark (as in `send_locked`): the rest of the record
-                // it stopped inside goes first, and counts as sent.
+                // it stopped inside goes first (not counted: it may never leave).
                 if e.kind() == io::ErrorKind::Interrupted && self.marking.load(Ordering::Acquire) {
-                    let rest = fcgi::stream_rest(kind, id, data, tail, sent);
-                    sent += rest.len();
-                    *self.unsent.lock().unwrap_or_else(|e| e.into_inner()) = rest;
+                    *self.unsent.lock().unwrap_or_else(|e| e.into_inner()) =
+                        fcgi::stream_rest(kind, id, data, tail, sent);
                 } else {
                     self.tear(e)
                 }
@@ -2609,7 +2606,8 @@ impl Parking {
             drop(owner);
             self.unregister(&c);
             let waited = c.waiting_since().map_or(Duration::ZERO, |t| t.elapsed());
-            match channel.send_waiting(c.sock.as_fd(), c.listener, waited, c.said_nginx()) {
+            let late = c.late_ids();
+            match channel.send_waiting(c.sock.as_fd(), c.listener, waited, c.said_nginx(), &late) {
                 Ok(()) => {
                     c.handed_over.store(true, Ordering::Release);
                     drop(w);
@@ -2736,12 +2734,6 @@ impl Parking {
     /// Returns false when marks were still waiting at `deadline`: those responses may
     /// now look complete, so the stop is not clean (exit code 1).
     /// regression: it exited 0 (review LOW).
-    /// Cut responses' marks still wait for room (an ASGI loop's cut-off cuts its
-    /// responses before the process's leaving looks at them: [`FcgiConn::cut`]).
-    pub fn marks_pending(&self) -> bool {
-        !self.marks.is_empty()
-    }
-
     pub async fn marks_out(&self, deadline: std::time::Instant) -> bool {
         self.marks.close();
         if self.marks.is_empty() {
@@ -2763,6 +2755,12 @@ impl Parking {
             return false;
         }
         true
+    }
+
+    /// Cut responses' marks still wait for room (an ASGI loop's cut-off cuts its
+    /// responses before the process's leaving looks at them: [`FcgiConn::cut`]).
+    pub fn marks_pending(&self) -> bool {
+        !self.marks.is_empty()
     }
 
     /// When this process leaves while others serve on (`serving()` says whether they
