@@ -445,6 +445,12 @@ fn the_rest_of_a_body_answered_early_goes_with_a_connection_relieved_of_a_busy_w
     ] {
         s.write_all(&fcgi::record(fcgi::STDIN, 2, part)).unwrap();
     }
+    // The rest of the body went with the connection to the other worker.
+    assert!(
+        p.wait_log("goes to a worker with a free thread", 5),
+        "{}",
+        p.logs()
+    );
     std::thread::sleep(Duration::from_millis(3000));
     // (Closed, the write fails or nothing comes back.)
     let _ = s.write_all(&fcgi::get(4, true, "/pid"));

@@ -574,8 +574,9 @@ pub fn run(
         }
         tracker.close();
         let loop_stop = pool.loop_stop();
-        // The drain waited for the marks already (not when a second signal cut it short).
-        let marks_waited = std::cell::Cell::new(false);
+        // How many marks the drain gave up on (the front server made no room for them
+        // by its deadline; not set when a second signal cut it short).
+        let marks_given_up = std::cell::Cell::new(0);
         let drain = async {
             // Requests still being read at --graceful-timeout (an upload under way) are
             // cut off as surely as running ones: the stop is not clean (exit code 1).
@@ -620,7 +621,9 @@ pub fn run(
                 deadline
             };
             let marked = parking.marks_out(marks_until).await;
-            marks_waited.set(true);
+            if !marked {
+                marks_given_up.set(parking.marks_pending());
+            }
             joined && read_whole && marked
         };
         let mut drain = std::pin::pin!(drain);
@@ -810,10 +813,11 @@ pub fn run(
         // (Those an event loop's cut-off cut and marked already are no longer listed:
         // their marks may still wait. regression (review 422, HIGH): the worker exited
         // without waiting for them, and closed those responses unmarked, mid-record.)
-        // (Not again those the drain waited for: review 423, a second wait and a second
-        // "closed unmarked" line for marks the front server never made room for.)
+        // (Not again for those the drain gave up on: review 423, a second wait and a
+        // second "closed unmarked" line for marks the front server never made room for.
+        // Marks begun since, an event loop's late cut-off, are waited for: review 424.)
         if !finished
-            && (parking.cut_responding() > 0 || (parking.marks_pending() && !marks_waited.get()))
+            && (parking.cut_responding() > 0 || parking.marks_pending() > marks_given_up.get())
         {
             let _ = parking.marks_out(Instant::now() + MARKS_WAIT).await;
         }

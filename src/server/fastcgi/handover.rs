@@ -60,8 +60,9 @@ const MAGIC: u8 = b'K';
 /// bits, LE): the receiver counts the time the message spent in the channel too (a
 /// message waits there while no serving worker takes it, e.g. while a recycled single
 /// worker's successor boots). Before, the sender wrote the age it had then, and that
-/// time was lost: the connection closed that much late. Then, for a fresh connection
-/// only, the bytes already read from it (at most [`MAX_READ`]).
+/// time was lost: the connection closed that much late. Then, with [`LATE`], the ids of
+/// bodies answered early; then, for a fresh connection only, the bytes already read
+/// from it (at most [`MAX_READ`] in all).
 const MESSAGE_LEN: usize = 10;
 /// A kept connection, idle (no request waiting on it that anyone saw).
 const KEPT: u8 = 0;
@@ -119,7 +120,8 @@ pub struct Adopted {
     pub waited: Option<Duration>,
     /// A request on this kept connection said its front server is nginx ([`SAID_NGINX`]).
     pub said_nginx: bool,
-    /// Requests answered by the leaving worker whose bodies may still come ([`LATE`]).
+    /// Requests answered by the worker that sent it whose bodies may still come
+    /// ([`LATE`]).
     pub late: Vec<u16>,
 }
 

@@ -2097,8 +2097,8 @@ fn handle_event(
             // Alone on its connection, it can go to another worker: one with a free
             // thread when every thread here is busy (unless it came from one so).
             // (Not while the rest of an earlier request's body may still come: these two
-            // hand-ons carry no such ids, unlike the leaving worker's and the idle
-            // ones.)
+            // hand-ons carry no such ids, unlike the leaving worker's, the idle ones and
+            // a parked one relieved of a busy worker.)
             let movable = slots.is_empty() && parser.active() == 1 && !parser.late_body();
             let reframed = || {
                 movable

@@ -2759,8 +2759,8 @@ impl Parking {
 
     /// Cut responses' marks still wait for room (an ASGI loop's cut-off cuts its
     /// responses before the process's leaving looks at them: [`FcgiConn::cut`]).
-    pub fn marks_pending(&self) -> bool {
-        !self.marks.is_empty()
+    pub fn marks_pending(&self) -> usize {
+        self.marks.len()
     }
 
     /// When this process leaves while others serve on (`serving()` says whether they
