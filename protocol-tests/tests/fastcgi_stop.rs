@@ -339,15 +339,7 @@ fn the_rest_of_a_body_answered_early_goes_with_held_requests_to_the_new_worker()
     // Request 1 runs; request 2, a POST past --max-body, is answered 413 before the
     // rest of its body.
     s.write_all(&fcgi::get(1, true, "/pid-sleep?s=3")).unwrap();
-    let mut vars = fcgi::get_vars("/echo");
-    vars[0].1 = "POST".into();
-    vars.push(("CONTENT_LENGTH", "3000".into()));
-    let v: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    s.write_all(&fcgi::head(2, true, &v)).unwrap();
-    s.write_all(&fcgi::record(fcgi::STDIN, 2, &[b'a'; 800]))
-        .unwrap();
-    let got = replies(&mut s, &[2]);
-    assert_eq!(got[&2].cgi().0, 413, "{got:?}\n{}", p.logs());
+    post_answered_early(&p, &mut s);
     p.signal(libc::SIGHUP);
     assert!(
         p.wait_log("new workers ready; old workers finish", 20),
@@ -360,26 +352,7 @@ fn the_rest_of_a_body_answered_early_goes_with_held_requests_to_the_new_worker()
     let pid = |id: u16| String::from_utf8_lossy(&got[&id].cgi().2).into_owned();
     assert_eq!(pid(1), old, "{got:?}\n{}", p.logs());
     assert_ne!(pid(3), old, "request 3 was not held: {got:?}\n{}", p.logs());
-    // The rest of request 2's body, then nothing past --head-timeout.
-    for part in [
-        &[b'b'; 800][..],
-        &[b'c'; 800][..],
-        &[b'd'; 600][..],
-        &[][..],
-    ] {
-        s.write_all(&fcgi::record(fcgi::STDIN, 2, part)).unwrap();
-    }
-    std::thread::sleep(Duration::from_millis(3000));
-    // (Closed, the write fails or nothing comes back.)
-    let _ = s.write_all(&fcgi::get(4, true, "/pid"));
-    let got = replies(&mut s, &[4]);
-    assert!(
-        got.get(&4).is_some_and(|r| r.end == Some((0, 0))),
-        "the connection did not go on: {got:?}\n{}",
-        p.logs()
-    );
-    let logs = p.logs();
-    assert!(!logs.contains("no BEGIN_REQUEST named"), "{logs}");
+    rest_then_served(&p, &mut s);
     p.signal(libc::SIGTERM);
     p.wait_exit(20);
 }
@@ -410,15 +383,7 @@ fn the_rest_of_a_body_answered_early_goes_with_a_connection_relieved_of_a_busy_w
     let mut s = unix(&p);
     s.write_all(&fcgi::get(1, true, "/pid")).unwrap();
     let old = replies_on(&mut s, 1);
-    let mut vars = fcgi::get_vars("/echo");
-    vars[0].1 = "POST".into();
-    vars.push(("CONTENT_LENGTH", "3000".into()));
-    let v: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    s.write_all(&fcgi::head(2, true, &v)).unwrap();
-    s.write_all(&fcgi::record(fcgi::STDIN, 2, &[b'a'; 800]))
-        .unwrap();
-    let got = replies(&mut s, &[2]);
-    assert_eq!(got[&2].cgi().0, 413, "{got:?}\n{}", p.logs());
+    post_answered_early(&p, &mut s);
     std::thread::sleep(Duration::from_millis(300));
     // The old worker's only thread busy: connections until one lands there (the other
     // worker answers at once).
@@ -437,30 +402,13 @@ fn the_rest_of_a_body_answered_early_goes_with_a_connection_relieved_of_a_busy_w
         p.logs()
     );
     std::thread::sleep(Duration::from_millis(300));
-    for part in [
-        &[b'b'; 800][..],
-        &[b'c'; 800][..],
-        &[b'd'; 600][..],
-        &[][..],
-    ] {
-        s.write_all(&fcgi::record(fcgi::STDIN, 2, part)).unwrap();
-    }
+    rest_then_served(&p, &mut s);
     // The rest of the body went with the connection to the other worker.
     assert!(
-        p.wait_log("goes to a worker with a free thread", 5),
+        p.logs().contains("goes to a worker with a free thread"),
         "{}",
         p.logs()
     );
-    std::thread::sleep(Duration::from_millis(3000));
-    // (Closed, the write fails or nothing comes back.)
-    let _ = s.write_all(&fcgi::get(4, true, "/pid"));
-    let got = replies(&mut s, &[4]);
-    let logs = p.logs();
-    assert!(
-        got.get(&4).is_some_and(|r| r.end == Some((0, 0))),
-        "the connection did not go on: {got:?}\n{logs}"
-    );
-    assert!(!logs.contains("no BEGIN_REQUEST named"), "{logs}");
     p.signal(libc::SIGTERM);
     p.wait_exit(20);
 }
@@ -485,15 +433,7 @@ fn the_rest_of_a_body_answered_early_goes_with_an_idle_connection_at_a_reload() 
     let mut s = unix(&p);
     s.write_all(&fcgi::get(1, true, "/pid")).unwrap();
     let old = replies_on(&mut s, 1);
-    let mut vars = fcgi::get_vars("/echo");
-    vars[0].1 = "POST".into();
-    vars.push(("CONTENT_LENGTH", "3000".into()));
-    let v: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    s.write_all(&fcgi::head(2, true, &v)).unwrap();
-    s.write_all(&fcgi::record(fcgi::STDIN, 2, &[b'a'; 800]))
-        .unwrap();
-    let got = replies(&mut s, &[2]);
-    assert_eq!(got[&2].cgi().0, 413, "{got:?}\n{}", p.logs());
+    post_answered_early(&p, &mut s);
     std::thread::sleep(Duration::from_millis(300));
     p.signal(libc::SIGHUP);
     assert!(
@@ -501,6 +441,29 @@ fn the_rest_of_a_body_answered_early_goes_with_an_idle_connection_at_a_reload() 
         "{}",
         p.logs()
     );
+    assert_ne!(rest_then_served(&p, &mut s), old);
+    p.signal(libc::SIGTERM);
+    p.wait_exit(20);
+}
+
+/// Request 2 on `s`: a POST past `--max-body 1000` (CONTENT_LENGTH 3000), 800 bytes of
+/// its body sent: answered 413 before the rest of it.
+fn post_answered_early(p: &Postern, s: &mut UnixStream) {
+    let mut vars = fcgi::get_vars("/echo");
+    vars[0].1 = "POST".into();
+    vars.push(("CONTENT_LENGTH", "3000".into()));
+    let v: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    s.write_all(&fcgi::head(2, true, &v)).unwrap();
+    s.write_all(&fcgi::record(fcgi::STDIN, 2, &[b'a'; 800]))
+        .unwrap();
+    let got = replies(s, &[2]);
+    assert_eq!(got[&2].cgi().0, 413, "{got:?}\n{}", p.logs());
+}
+
+/// The rest of request 2's body on `s`, then nothing past `--head-timeout 2`: the
+/// connection still serves a request (its answer, a pid, is returned), and no worker
+/// took those records for strays.
+fn rest_then_served(p: &Postern, s: &mut UnixStream) -> String {
     for part in [
         &[b'b'; 800][..],
         &[b'c'; 800][..],
@@ -510,15 +473,14 @@ fn the_rest_of_a_body_answered_early_goes_with_an_idle_connection_at_a_reload() 
         s.write_all(&fcgi::record(fcgi::STDIN, 2, part)).unwrap();
     }
     std::thread::sleep(Duration::from_millis(3000));
+    // (Closed, the write fails or nothing comes back.)
     let _ = s.write_all(&fcgi::get(4, true, "/pid"));
-    let got = replies(&mut s, &[4]);
+    let got = replies(s, &[4]);
     let logs = p.logs();
     assert!(
         got.get(&4).is_some_and(|r| r.end == Some((0, 0))),
         "the connection did not go on: {got:?}\n{logs}"
     );
-    assert_ne!(String::from_utf8_lossy(&got[&4].cgi().2), old);
     assert!(!logs.contains("no BEGIN_REQUEST named"), "{logs}");
-    p.signal(libc::SIGTERM);
-    p.wait_exit(20);
+    String::from_utf8_lossy(&got[&4].cgi().2).into_owned()
 }
