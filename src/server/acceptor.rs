@@ -1148,7 +1148,7 @@ impl Acceptor {
                     listener,
                     read,
                     ..
-                } => match ch.send_now(sock.as_fd(), *listener, age, read) {
+                } => match ch.send_now(sock.as_fd(), *listener, age, read, &[]) {
                     Ok(()) => {
                         connection::handed_on_line(peer, read.len(), connection::Why::Busy);
                         true

@@ -555,7 +555,7 @@ fn hand_on(
         Why::NoRoom | Why::Leaving => {
             channel.send(sock, listener, Some(started.elapsed()), &read, false, &[])
         }
-        Why::Busy => channel.send_now(sock, listener, started.elapsed(), &read),
+        Why::Busy => channel.send_now(sock, listener, started.elapsed(), &read, &[]),
     };
     match sent {
         Ok(()) => {

@@ -197,7 +197,8 @@ impl BegunIds {
     /// on): the requests whose bodies still come, `late` (begun, and late).
     pub fn with_late(late: &[u16]) -> BegunIds {
         let mut begun = BegunIds::default();
-        for &id in late {
+        // 0 is the management records' id, never a request's.
+        for &id in late.iter().filter(|&&id| id != 0) {
             begun.mark(id);
             if !begun.late.contains(&id) {
                 begun.late.push(id);
@@ -1838,8 +1839,8 @@ mod tests {
         // Given as late by another worker (the ids that travel with a hand-over): its
         // rest is no stray, and its empty STDIN ends it.
         let mut other = parser();
-        other.set_begun(BegunIds::with_late(&[ID, ID]));
-        assert_eq!(other.late_ids(), [ID]);
+        other.set_begun(BegunIds::with_late(&[ID, ID, 0]));
+        assert_eq!(other.late_ids(), [ID], "once each, never the management id");
         assert_eq!(
             feed(&mut other, &record(STDIN, ID, b"rest")).unwrap(),
             vec![]

@@ -212,22 +212,16 @@ impl Channel {
             ));
         }
         let late = &late[..late.len().min(LATE_MAX)];
-        let late_len = if late.is_empty() {
-            0
-        } else {
-            1 + 2 * late.len()
-        };
-        if read.len() + late_len > MAX_READ || (fresh_for.is_none() && !read.is_empty()) {
+        if read.len() + late_len(late) > MAX_READ || (fresh_for.is_none() && !read.is_empty()) {
             return Err(std::io::Error::other(
                 "too many bytes read to hand the connection over",
             ));
         }
-        let late_bit = if late.is_empty() { 0 } else { LATE };
         let msg = match fresh_for {
-            Some(age) => message(listener, FRESH | late_bit, age),
+            Some(age) => message(listener, FRESH | late_bit(late), age),
             None => message(
                 listener,
-                KEPT | nginx_bit(said_nginx) | late_bit,
+                KEPT | nginx_bit(said_nginx) | late_bit(late),
                 Duration::ZERO,
             ),
         };
@@ -240,25 +234,32 @@ impl Channel {
     /// [`Channel::send`] for a connection whose request the slow lane read whole while
     /// every Python thread of this worker was busy (`read`: that request, framed again,
     /// and what followed it), from the I/O thread: never waits for room (a full
-    /// channel, `WouldBlock`, leaves the request here).
+    /// channel, `WouldBlock`, leaves the request here). `late`: as for
+    /// [`Channel::send`].
     pub fn send_now(
         &self,
         sock: BorrowedFd<'_>,
         listener: usize,
         age: Duration,
         read: &[u8],
+        late: &[u16],
     ) -> std::io::Result<()> {
         if crate::stop::orphaned() {
             return Err(std::io::Error::other(
                 "the master is gone: no worker serves on to take the connection",
             ));
         }
-        if read.len() > MAX_READ {
+        let late = &late[..late.len().min(LATE_MAX)];
+        if read.len() + late_len(late) > MAX_READ {
             return Err(std::io::Error::other(
                 "too many bytes read to hand the connection over",
             ));
         }
-        self.send_message(sock, &message(listener, FRESH, age), read, false)
+        let msg = message(listener, FRESH | late_bit(late), age);
+        match late_then(late, read) {
+            Some(extra) => self.send_message(sock, &msg, &extra, false),
+            None => self.send_message(sock, &msg, read, false),
+        }
     }
 
     /// Sends a kept connection whose next request is in its socket, unread, and has
@@ -279,10 +280,13 @@ impl Channel {
             ));
         }
         let late = &late[..late.len().min(LATE_MAX)];
-        let late_bit = if late.is_empty() { 0 } else { LATE };
         // Never waits: the I/O thread sends these; a full channel (WouldBlock) leaves
         // the connection here until its next look.
-        let msg = message(listener, WAITING | nginx_bit(said_nginx) | late_bit, waited);
+        let msg = message(
+            listener,
+            WAITING | nginx_bit(said_nginx) | late_bit(late),
+            waited,
+        );
         let extra = late_then(late, &[]).unwrap_or_default();
         self.send_message(sock, &msg, &extra, false)
     }
@@ -432,6 +436,24 @@ fn late_then(late: &[u16], read: &[u8]) -> Option<Vec<u8>> {
     Some(out)
 }
 
+/// Bytes `late` takes in a message ([`late_then`]).
+fn late_len(late: &[u16]) -> usize {
+    if late.is_empty() {
+        0
+    } else {
+        1 + 2 * late.len()
+    }
+}
+
+/// [`LATE`] when there are ids to carry.
+fn late_bit(late: &[u16]) -> u8 {
+    if late.is_empty() {
+        0
+    } else {
+        LATE
+    }
+}
+
 fn nginx_bit(said: bool) -> u8 {
     if said {
         SAID_NGINX
@@ -447,7 +469,7 @@ fn message(listener: usize, kind: u8, age: Duration) -> [u8; MESSAGE_LEN] {
     msg[0] = MAGIC;
     msg[1..5].copy_from_slice(&(listener as u32).to_le_bytes());
     msg[5] = kind;
-    if kind & !SAID_NGINX != KEPT {
+    if kind & !(SAID_NGINX | LATE) != KEPT {
         // Wraps like the receiver's subtraction: right for any age under ~49 days.
         let age = u64::try_from(age.as_millis()).unwrap_or(u64::MAX);
         let start = monotonic_ms().wrapping_sub(age) as u32;
@@ -629,7 +651,7 @@ mod tests {
         )
         .unwrap();
         let a = ch.take().expect("a fresh one");
-        assert_eq!((a.late, a.read), (vec![2, 300], held));
+        assert_eq!((a.late, a.read), (vec![2, 300], held.clone()));
         // Idle (kept), and past LATE_MAX: the first ones.
         let many: Vec<u16> = (1..=100).collect();
         ch.send(ours.as_fd(), 1, None, &[], true, &many).unwrap();
@@ -647,6 +669,23 @@ mod tests {
         let a = ch.take().expect("a waiting one");
         assert!(a.waited.is_some() && a.read.is_empty());
         assert_eq!(a.late, [7]);
+        // A request the slow lane read whole, handed on from the I/O thread (every
+        // thread busy, or no room under --max-requests): with the ids, ahead of it.
+        ch.send_now(ours.as_fd(), 1, Duration::ZERO, &held, &[4])
+            .unwrap();
+        let a = ch.take().expect("a fresh one");
+        assert_eq!((a.late, a.read), (vec![4], held));
+        let full = vec![9u8; MAX_READ - 2];
+        assert!(
+            ch.send_now(ours.as_fd(), 1, Duration::ZERO, &full, &[4])
+                .is_err(),
+            "the ids count against MAX_READ"
+        );
+        // A kept one's fixed part has no start (nothing reads it).
+        assert_eq!(
+            message(1, KEPT | LATE | SAID_NGINX, Duration::ZERO)[6..],
+            [0; 4]
+        );
         // Never a count past the bytes that came, nor bytes past the ids but for a
         // fresh one.
         for (kind, extra) in [

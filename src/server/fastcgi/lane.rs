@@ -2095,11 +2095,13 @@ fn handle_event(
             // recycles in 6 s); counted only here and served here, 40 trickled
             // requests to --max-requests 10 were all served by one worker.
             // Alone on its connection, it can go to another worker: one with a free
-            // thread when every thread here is busy (unless it came from one so).
-            // (Not while the rest of an earlier request's body may still come: these two
-            // hand-ons carry no such ids, unlike the leaving worker's, the idle ones and
-            // a parked one relieved of a busy worker.)
-            let movable = slots.is_empty() && parser.active() == 1 && !parser.late_body();
+            // thread when every thread here is busy (unless it came from one so). The
+            // ids of earlier requests answered while their bodies still came go with it
+            // (as with every hand-over), so its new worker reads their rest quietly.
+            // regression (note 51): these two hand-ons carried no such ids, and refused
+            // such a connection: served here past --max-requests, or waiting here for a
+            // thread while another worker had one free.
+            let movable = slots.is_empty() && parser.active() == 1;
             let reframed = || {
                 movable
                     .then(|| reframe((id, keep_conn), &params, stdin.as_deref(), backlog, rest))
@@ -2107,15 +2109,17 @@ fn handle_event(
             };
             if !conn.came_carried() && movable && lane.busy_here() {
                 let why = crate::server::connection::Why::Busy;
-                if reframed().is_some_and(|r| conn.hand_on(&r, conn_started.elapsed(), why, &[])) {
+                let late = parser.late_ids();
+                if reframed().is_some_and(|r| conn.hand_on(&r, conn_started.elapsed(), why, late)) {
                     return Step::HandedOn;
                 }
             }
             if let Some(p) = conn.permit() {
                 if !p.try_begin() {
                     let why = crate::server::connection::Why::NoRoom;
+                    let late = parser.late_ids();
                     if reframed()
-                        .is_some_and(|r| conn.hand_on(&r, conn_started.elapsed(), why, &[]))
+                        .is_some_and(|r| conn.hand_on(&r, conn_started.elapsed(), why, late))
                     {
                         return Step::HandedOn;
                     }

@@ -659,7 +659,7 @@ impl FcgiConn {
                 false,
                 late,
             ),
-            Why::Busy => channel.send_now(self.sock.as_fd(), self.listener, age, read),
+            Why::Busy => channel.send_now(self.sock.as_fd(), self.listener, age, read, late),
         };
         match sent {
             Ok(()) => {
