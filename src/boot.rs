@@ -20,6 +20,9 @@ pub struct Planned {
     pub addr: ListenAddr,
     /// systemd passed a socket for it (LISTEN_FDS): used as it is, never bound.
     pub inherited: bool,
+    /// Passed by systemd, while the listeners configured name other addresses: served
+    /// as uwsgi, the default ([`warn_unmatched_passed`]).
+    pub unmatched: bool,
 }
 
 /// The listeners a start uses, given the addresses of the sockets systemd passed: each
@@ -39,6 +42,7 @@ pub fn listeners(config: &Config, inherited: &[ListenAddr]) -> Vec<Planned> {
             protocol: *protocol,
             addr: addr.clone(),
             inherited: inherited.contains(addr),
+            unmatched: false,
         })
         .collect();
     for addr in inherited {
@@ -47,10 +51,33 @@ pub fn listeners(config: &Config, inherited: &[ListenAddr]) -> Vec<Planned> {
                 protocol: Protocol::default(),
                 addr: addr.clone(),
                 inherited: true,
+                unmatched: !configured.is_empty(),
             });
         }
     }
     plan
+}
+
+/// One warning for each socket systemd passed that no configured listener names (the
+/// socket unit's `ListenStream=` and the service's `--fastcgi …` disagree, a typo in a
+/// path): it is served as uwsgi, the default, so a front server that speaks FastCGI or
+/// SCGI to it gets nothing it can read (502), and nothing else would say why.
+/// regression (probe 427, MEDIUM): only an INFO line for the one that matched.
+pub fn warn_unmatched_passed(plan: &[Planned]) {
+    let configured: Vec<String> = plan
+        .iter()
+        .filter(|p| !p.unmatched)
+        .map(|p| format!("--{} {}", p.protocol.name(), p.addr))
+        .collect();
+    for p in plan.iter().filter(|p| p.unmatched) {
+        tracing::warn!(
+            listener = %p.addr,
+            "systemd passed the socket {} (LISTEN_FDS), but no listener configured has that address ({}): it is served as uwsgi, the default; if the front server speaks another protocol to it, or the address is a typo, give that socket's own address with its protocol (e.g. --fastcgi {}), or make the socket unit's ListenStream= the address configured",
+            p.addr,
+            configured.join(", "),
+            p.addr,
+        );
+    }
 }
 
 /// `--socket-mode`, `--socket-owner` and `--listen-backlog`, for binding the listeners.
@@ -1200,7 +1227,8 @@ mod tests {
             [Planned {
                 protocol: Protocol::Uwsgi,
                 addr: sd[0].clone(),
-                inherited: true
+                inherited: true,
+                unmatched: false,
             }]
         );
         assert_eq!(listeners(&config(&[]), &[])[0].addr, addr("127.0.0.1:3031"));
@@ -1212,14 +1240,15 @@ mod tests {
         let sd = [addr("unix:/run/a.sock"), addr("unix:/run/extra.sock")];
         let plan: Vec<_> = listeners(&c, &sd)
             .into_iter()
-            .map(|p| (p.protocol, p.addr.to_string(), p.inherited))
+            .map(|p| (p.protocol, p.addr.to_string(), p.inherited, p.unmatched))
             .collect();
+        // The extra one is named unmatched: served as uwsgi, with a warning.
         assert_eq!(
             plan,
             [
-                (Protocol::Uwsgi, "127.0.0.1:9".into(), false),
-                (Protocol::FastCgi, "unix:/run/a.sock".into(), true),
-                (Protocol::Uwsgi, "unix:/run/extra.sock".into(), true),
+                (Protocol::Uwsgi, "127.0.0.1:9".into(), false, false),
+                (Protocol::FastCgi, "unix:/run/a.sock".into(), true, false),
+                (Protocol::Uwsgi, "unix:/run/extra.sock".into(), true, true),
             ]
         );
     }

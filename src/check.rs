@@ -96,6 +96,7 @@ pub fn run(config: &Config) -> Result<(), CheckError> {
     for p in &plan {
         listener::warn_if_reachable(&p.addr);
     }
+    crate::boot::warn_unmatched_passed(&plan);
     if plan.iter().all(|p| !p.inherited) {
         if let Some(w) = config.default_listener_warning() {
             tracing::warn!("{w}");

@@ -207,8 +207,15 @@ pub fn uwsgi_packet(data: &[u8]) {
             let word = data[0].is_ascii_uppercase()
                 && crate::proto::method_word(&data[..decided]).is_some()
                 && crate::proto::method_word(&data[..decided - 1]).is_none();
+            // An SCGI length's digits: up to 8 bytes (`looks_like`).
+            let scgi = decided <= 8 && data[0].is_ascii_digit();
+            if let ProtoError::WrongProtocol { got, socket } = e {
+                assert_eq!(socket, crate::proto::Spoken::Uwsgi);
+                assert_eq!(crate::proto::looks_like(&data[..decided]), Ok(Some(got)));
+            }
             assert!(
                 decided == uwsgi::HEADER_LEN
+                    || scgi
                     || word
                     || (decided < uwsgi::HEADER_LEN
                         && crate::proto::sniff(&data[..decided]) == crate::proto::Sniff::Tls)
@@ -372,10 +379,15 @@ pub fn fastcgi_record(data: &[u8]) {
         Ok(None) => assert!(
             data.len() < fcgi::HEADER_LEN
                 || data[0] == 1
+                || crate::proto::looks_like(data).is_err()
                 || crate::proto::sniff(data) == crate::proto::Sniff::Partial
                 || (data[0].is_ascii_uppercase() && crate::proto::method_word(data).is_none())
         ),
         Err(ProtoError::FcgiVersion(v)) => assert!(v != 1 && v == data[0]),
+        Err(ProtoError::WrongProtocol { got, socket }) => {
+            assert_eq!(socket, crate::proto::Spoken::FastCgi);
+            assert_eq!(crate::proto::looks_like(data), Ok(Some(got)));
+        }
         Err(ProtoError::HttpOnFastcgi) => {
             assert!(data[0].is_ascii_uppercase() && crate::proto::method_word(data) == Some(true))
         }

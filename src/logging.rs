@@ -2037,6 +2037,10 @@ pub enum Ending {
     /// The request ran past `--timeout` and its worker was killed before its response
     /// started: the status is the front server's answer, 502.
     TimedOutUnanswered,
+    /// A stop cut the request off (its ASGI task cancelled at `--graceful-timeout`, an
+    /// immediate stop, another request's `--timeout`) before its response started:
+    /// postern answered `503 Service Unavailable` for it.
+    StopAnswered,
 }
 
 impl Ending {
@@ -2213,6 +2217,8 @@ fn format_access<'a>(
         Ending::TimedOut => ("WARN", "answered 504 by postern: the request ran past --timeout (its worker is replaced)"),
         Ending::TimedOutCut => ("WARN", "cut off by postern: the request ran past --timeout and its worker was killed; its response is incomplete"),
         Ending::TimedOutUnanswered => ("WARN", "cut off by postern: the request ran past --timeout and its worker was killed before its response started (status 502: the front server's answer)"),
+        // regression (probe 426): it read `served`, as if the app had answered 503.
+        Ending::StopAnswered => ("WARN", "answered 503 by postern: a stop cut the request off before its response started (--graceful-timeout, an immediate stop, or another request's --timeout)"),
     };
     match format {
         // The default format is built by hand (no `fmt` machinery, the date part of

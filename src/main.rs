@@ -254,7 +254,9 @@ fn run(config: Config, layers: postern::config::reload::Layers) -> anyhow::Resul
         }
     }
     let mut bound = Vec::new();
-    for plan in boot::listeners(&config, &passed) {
+    let planned = boot::listeners(&config, &passed);
+    boot::warn_unmatched_passed(&planned);
+    for plan in planned {
         let taken = match inherited
             .iter()
             .position(|b| plan.inherited && b.addr == plan.addr)

@@ -2371,11 +2371,14 @@ impl Translation {
         }
         // Keys that came from the same lines (a mount: app and mount; logto: log-file and
         // access-log) are written together, under one copy of those lines.
-        let lines_of = |key: &str| -> Vec<usize> {
+        // By file and line: line 3 of an included file is not line 3 of the file given.
+        // regression (probe 427): `processes` (inc/b2.ini:3) and `threads` (line 3)
+        // were written together, `threads` without its own line's comment.
+        let lines_of = |key: &str| -> Vec<(Option<&str>, usize)> {
             self.lines
                 .iter()
                 .filter(|l| matches!(&l.outcome, Outcome::Carried { keys, .. } if keys.iter().any(|k| k == key)))
-                .map(|l| l.entry.line)
+                .map(|l| (l.entry.file.as_deref(), l.entry.line))
                 .collect()
         };
         let mut written: BTreeSet<&str> = BTreeSet::new();

@@ -721,6 +721,13 @@ fn a_task_that_swallows_the_cut_off_is_still_named_with_its_access_line() {
             1,
             "master {master}: {logs}"
         );
+        // Its access line says postern answered it, not the app.
+        // regression (probe 426): it read `served ... status=503`.
+        assert_eq!(
+            logs.matches("WARN postern::access: answered 503 by postern: a stop cut the request off before its response started").count(),
+            1,
+            "master {master}: {logs}"
+        );
         assert_eq!(
             logs.matches("response incomplete").count(),
             STREAMS - 1,

@@ -498,6 +498,55 @@ fn check_reports_what_a_start_under_systemd_would_listen_on() {
     assert!(path.exists(), "systemd's socket file stays");
 }
 
+// regression (probe 427, MEDIUM): a socket systemd passed whose address no configured
+// listener has (the socket unit says one path, `--fastcgi` another) was served as uwsgi
+// with one INFO line: nginx's fastcgi_pass to it got 502s and nothing said why.
+#[test]
+fn a_socket_systemd_passed_that_no_listener_names_is_warned_about() {
+    let dir = tempdir();
+    let path = dir.path().join("sd.sock");
+    let sock = std::os::unix::net::UnixListener::bind(&path).unwrap();
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&sock);
+    let other = dir.path().join("other.sock");
+    let mut cmd = socket_activated(
+        fd,
+        &format!(
+            "examples/hello.py --check --fastcgi unix:{}",
+            other.display()
+        ),
+    );
+    cmd.current_dir(root());
+    let out = cmd.output().unwrap();
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    let says = format!(
+        "systemd passed the socket unix:{} (LISTEN_FDS), but no listener configured has that address (--fastcgi unix:{}): it is served as uwsgi",
+        path.display(),
+        other.display()
+    );
+    assert!(stdout.contains(&says), "{stdout}");
+    // Matched, no such warning.
+    let mut cmd = socket_activated(
+        fd,
+        &format!(
+            "examples/hello.py --check --fastcgi unix:{}",
+            path.display()
+        ),
+    );
+    cmd.current_dir(root());
+    let out = cmd.output().unwrap();
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(!stdout.contains("no listener configured has"), "{stdout}");
+    assert!(
+        stdout.contains(&format!(
+            "listener fastcgi unix:{}: passed by systemd",
+            path.display()
+        )),
+        "{stdout}"
+    );
+}
+
 // regression: --check imported the app as root although the start drops to --uid first,
 // so `--uid nobody` passed the check and then could not read the app (or Python).
 #[test]

@@ -893,6 +893,9 @@ pub struct Exchange {
     left_line: bool,
     /// The stop cut its task off at its own `--timeout` (its access line says so).
     timed_out: bool,
+    /// The stop cut its task off before its response started: postern's 503 (its
+    /// access line says so).
+    stop_answered: bool,
     /// Postern cancelled the task at `--graceful-timeout` (not the app's failure).
     cut_at_stop: bool,
     /// Its task outlived the cut-off's grace and was named and ended without it
@@ -1590,6 +1593,7 @@ impl Exchange {
             begun: now,
             left_line: false,
             timed_out: false,
+            stop_answered: false,
             cut_at_stop: false,
             abandoned: false,
             body: BodyState::Waiting(body),
@@ -2314,6 +2318,8 @@ impl Exchange {
         let (status, mut ending) = end.for_log();
         if self.timed_out || sent.late {
             ending = ending.past_timeout();
+        } else if self.stop_answered && ending == crate::logging::Ending::Complete {
+            ending = crate::logging::Ending::StopAnswered;
         }
         {
             let _e = self.span.enter();
@@ -2415,6 +2421,7 @@ impl Exchange {
             }
         } else {
             tracing::warn!("{who} before its response started; answered 503");
+            slf.borrow_mut().stop_answered = true;
             Self::answer_plain(slf, 503, b"Service Unavailable\n")?;
         }
         Ok(())

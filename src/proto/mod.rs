@@ -19,6 +19,78 @@ pub mod response;
 pub mod scgi;
 pub mod uwsgi;
 
+/// One of the three protocols a front server may speak to a socket, as
+/// [`looks_like`] tells them apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Spoken {
+    Uwsgi,
+    FastCgi,
+    Scgi,
+}
+
+impl Spoken {
+    pub fn name(self) -> &'static str {
+        match self {
+            Spoken::Uwsgi => "uwsgi",
+            Spoken::FastCgi => "FastCGI",
+            Spoken::Scgi => "SCGI",
+        }
+    }
+
+    /// nginx's directive for it.
+    pub fn pass(self) -> &'static str {
+        match self {
+            Spoken::Uwsgi => "uwsgi_pass",
+            Spoken::FastCgi => "fastcgi_pass",
+            Spoken::Scgi => "scgi_pass",
+        }
+    }
+
+    /// postern's listener option for it.
+    pub fn option(self) -> &'static str {
+        match self {
+            Spoken::Uwsgi => "--uwsgi",
+            Spoken::FastCgi => "--fastcgi",
+            Spoken::Scgi => "--scgi",
+        }
+    }
+}
+
+impl std::fmt::Display for Spoken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Which protocol the start of a request looks like, for the error when a front server
+/// speaks another one than the socket's (nginx `fastcgi_pass` to a `--uwsgi`
+/// listener): a uwsgi header as nginx writes it (modifier1 0 or 30, modifier2 0), a
+/// FastCGI record of version 1 that begins a request or asks for values, an SCGI
+/// netstring length (digits, no leading zero, then `:`). `Err(())`: too few bytes to
+/// say (at most 8 are needed); `Ok(None)`: none of them.
+pub(crate) fn looks_like(buf: &[u8]) -> Result<Option<Spoken>, ()> {
+    match buf {
+        [1, 1 | 9, ..] => Ok(Some(Spoken::FastCgi)),
+        [1] => Err(()),
+        [0 | 30, _, _, 0, ..] => Ok(Some(Spoken::Uwsgi)),
+        [0 | 30, rest @ ..] if rest.len() < 3 => Err(()),
+        [b'1'..=b'9', rest @ ..] => {
+            let digits = rest
+                .iter()
+                .take(7)
+                .take_while(|b| b.is_ascii_digit())
+                .count();
+            // At most 7 digits in all.
+            match rest.get(digits) {
+                Some(b':') if digits < 7 => Ok(Some(Spoken::Scgi)),
+                None if digits < 7 => Err(()),
+                _ => Ok(None),
+            }
+        }
+        _ => Ok(None),
+    }
+}
+
 /// The article's `n` before a protocol's name ("an SCGI", "a uwsgi").
 fn an(socket: &str) -> &'static str {
     if socket.starts_with('S') {
@@ -110,6 +182,9 @@ pub(crate) fn method_word(buf: &[u8]) -> Option<bool> {
 pub enum ProtoError {
     #[error("uwsgi modifier1 {0} is not a WSGI request; only 0 (and 30) are served")]
     Modifier(u8),
+    /// The bytes are another protocol's ([`looks_like`]): `socket` is the listener's.
+    #[error("{got} request received on a{} {socket} socket: the front server speaks {got} to it (nginx: {}); point it at this socket with {} (Apache: the matching ProxyPass scheme), or serve this socket as {} instead", an(.socket.name()), .got.pass(), .socket.pass(), .got.option())]
+    WrongProtocol { got: Spoken, socket: Spoken },
     #[error("request head is {size} bytes, over the {limit}-byte limit ({})", buffer_hint(.limit))]
     HeadTooLarge { size: usize, limit: usize },
     #[error(
@@ -166,7 +241,71 @@ pub enum ProtoError {
 
 #[cfg(test)]
 mod tests {
-    use super::{sniff, ProtoError, Sniff};
+    use super::{looks_like, sniff, ProtoError, Sniff, Spoken};
+
+    // regression (probe 427): FastCGI sent to a uwsgi socket was `uwsgi modifier1 1 is
+    // not a WSGI request`, SCGI `modifier1 50`: nothing said what the front server
+    // spoke. Each parser names the protocol it got and the directive for its own.
+    #[test]
+    fn another_protocol_s_request_is_named_as_that_protocol() {
+        let fastcgi = [1u8, 1, 0, 1, 0, 8, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0];
+        let uwsgi = [0u8, 0x20, 0, 0, 9, 0];
+        let scgi = b"70:CONTENT_LENGTH\x000\x00";
+        assert_eq!(looks_like(&fastcgi), Ok(Some(Spoken::FastCgi)));
+        assert_eq!(looks_like(&uwsgi), Ok(Some(Spoken::Uwsgi)));
+        assert_eq!(looks_like(scgi), Ok(Some(Spoken::Scgi)));
+        for partial in [&[1u8][..], &[0], &[0, 5, 0], b"7", b"1234567"] {
+            assert_eq!(looks_like(partial), Err(()), "{partial:?}");
+        }
+        for other in [
+            &[1u8, 2][..],
+            &[0, 5, 0, 1],
+            b"0:",
+            b"12345678:",
+            b"7x",
+            b"GET ",
+        ] {
+            assert_eq!(looks_like(other), Ok(None), "{other:?}");
+        }
+        let wrong = |got, socket| Some(ProtoError::WrongProtocol { got, socket });
+        let max = super::uwsgi::MAX_DATASIZE;
+        assert_eq!(
+            super::uwsgi::parse_packet(&fastcgi, max).err(),
+            wrong(Spoken::FastCgi, Spoken::Uwsgi)
+        );
+        assert_eq!(
+            super::uwsgi::parse_packet(scgi, max).err(),
+            wrong(Spoken::Scgi, Spoken::Uwsgi)
+        );
+        assert_eq!(
+            super::fastcgi::parse_record(&uwsgi).err(),
+            wrong(Spoken::Uwsgi, Spoken::FastCgi)
+        );
+        assert_eq!(
+            super::fastcgi::parse_record(scgi).err(),
+            wrong(Spoken::Scgi, Spoken::FastCgi)
+        );
+        assert_eq!(
+            super::scgi::parse_head(&uwsgi, max).err(),
+            wrong(Spoken::Uwsgi, Spoken::Scgi)
+        );
+        assert_eq!(
+            super::scgi::parse_head(&fastcgi, max).err(),
+            wrong(Spoken::FastCgi, Spoken::Scgi)
+        );
+        let said = ProtoError::WrongProtocol {
+            got: Spoken::FastCgi,
+            socket: Spoken::Uwsgi,
+        }
+        .to_string();
+        assert_eq!(said, "FastCGI request received on a uwsgi socket: the front server speaks FastCGI to it (nginx: fastcgi_pass); point it at this socket with uwsgi_pass (Apache: the matching ProxyPass scheme), or serve this socket as --fastcgi instead");
+        assert!(ProtoError::WrongProtocol {
+            got: Spoken::Uwsgi,
+            socket: Spoken::Scgi
+        }
+        .to_string()
+        .starts_with("uwsgi request received on an SCGI socket"));
+    }
 
     #[test]
     fn sniffs_proxy_protocol_and_tls() {

@@ -74,7 +74,14 @@ pub fn parse_head(buf: &[u8], limit: usize) -> Result<Option<(usize, &[u8])>, Pr
     // A leading zero is not a netstring (§3), and the length `0` would leave no room
     // for the mandatory CONTENT_LENGTH header.
     if !first.is_ascii_digit() || first == b'0' {
-        return Err(ProtoError::ScgiLength);
+        return match super::looks_like(buf) {
+            Ok(Some(got)) if got != super::Spoken::Scgi => Err(ProtoError::WrongProtocol {
+                got,
+                socket: super::Spoken::Scgi,
+            }),
+            Err(()) => Ok(None),
+            _ => Err(ProtoError::ScgiLength),
+        };
     }
 
     // Read at most one digit past the cap: that is enough to refuse the length, and
@@ -373,7 +380,7 @@ mod tests {
         for buf in [
             &b":"[..],
             b",",
-            b"\x00",
+            b"\x00\x01\x02\x03",
             b"-1:",
             b"+1:",
             b" 1:",

@@ -68,7 +68,15 @@ pub fn parse_packet(buf: &[u8], limit: usize) -> Result<Option<(usize, Packet<'_
         return Ok(None);
     };
     if modifier1 != MODIFIER_WSGI && modifier1 != MODIFIER_WSGI_STRIP_SCRIPT_NAME {
-        return Err(ProtoError::Modifier(modifier1));
+        return match super::looks_like(buf) {
+            Ok(Some(got)) if got != super::Spoken::Uwsgi => Err(ProtoError::WrongProtocol {
+                got,
+                socket: super::Spoken::Uwsgi,
+            }),
+            // Not yet sure: the few bytes more an SCGI length may take.
+            Err(()) => Ok(None),
+            _ => Err(ProtoError::Modifier(modifier1)),
+        };
     }
     let size = usize::from(size);
     if size > limit {

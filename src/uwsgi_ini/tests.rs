@@ -1688,6 +1688,33 @@ fn secrets_glued_to_a_prefix_or_a_quote_are_hidden() {
     }
 }
 
+// regression (probe 427): a value from an included file's line 3 and one from the
+// given file's line 3 were written together under the first one's comment only.
+#[test]
+fn migrate_names_the_line_of_each_value_from_an_included_file() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("b2.ini"),
+        "[uwsgi]\nmaster = true\nprocesses = 3\n",
+    )
+    .unwrap();
+    let app = dir.path().join("s4.ini");
+    std::fs::write(
+        &app,
+        "[uwsgi]\ninclude = %db2.ini\nthreads = 4\nmodule = shop.wsgi\n",
+    )
+    .unwrap();
+    let out = migrate(app.to_str().unwrap()).unwrap();
+    assert!(
+        out.contains("# line 3: threads = 4\nthreads = 4\n"),
+        "{out}"
+    );
+    assert!(
+        out.contains("b2.ini:3: processes = 3\nworkers = 3\n"),
+        "{out}"
+    );
+}
+
 // regression (probe 313): `ini = %d/base.ini` (a shared base file and one file per
 // app, a common layout) was refused: "postern reads one file".
 #[test]

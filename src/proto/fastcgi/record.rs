@@ -82,7 +82,15 @@ fn wrong_version<T>(buf: &[u8], version: u8) -> Result<Option<T>, ProtoError> {
     // regression (probe 374): any four uppercase bytes (`GARBAGE…` after a kept
     // connection's request) were logged as an HTTP request.
     if !version.is_ascii_uppercase() {
-        return Err(ProtoError::FcgiVersion(version));
+        let fastcgi = crate::proto::Spoken::FastCgi;
+        return match crate::proto::looks_like(buf) {
+            Ok(Some(got)) if got != fastcgi => Err(ProtoError::WrongProtocol {
+                got,
+                socket: fastcgi,
+            }),
+            Err(()) => Ok(None),
+            _ => Err(ProtoError::FcgiVersion(version)),
+        };
     }
     match crate::proto::method_word(buf) {
         Some(true) => Err(ProtoError::HttpOnFastcgi),
@@ -296,6 +304,15 @@ pub fn encode_begin_request(out: &mut Vec<u8>, request_id: u16, role: u16, keep_
     // u16 BE role | u8 flags | u8[5] reserved
     let body = [r0, r1, flags, 0, 0, 0, 0, 0];
     encode_record(out, super::BEGIN_REQUEST, request_id, &body);
+}
+
+/// Appends request `request_id`'s head as a front server sends it: BEGIN_REQUEST
+/// (responder), `params` as PARAMS records, and the empty PARAMS record that ends them.
+/// (A request read here, framed again to travel to another worker.)
+pub fn encode_head(out: &mut Vec<u8>, request_id: u16, keep_conn: bool, params: &[u8]) {
+    encode_begin_request(out, request_id, super::ROLE_RESPONDER, keep_conn);
+    encode_stream(out, super::PARAMS, request_id, params);
+    encode_record(out, super::PARAMS, request_id, &[]);
 }
 
 /// Appends an FCGI_END_REQUEST record (§2.6). After it, `request_id` is free again.
@@ -687,7 +704,9 @@ mod tests {
     #[test]
     fn rejects_a_wrong_version_at_the_first_byte() {
         for v in [0u8, 2, 3, 0x7f, 0x80, 0xff, b'a', b'{'] {
-            assert_eq!(parse_record(&[v]), Err(ProtoError::FcgiVersion(v)));
+            if v != 0 {
+                assert_eq!(parse_record(&[v]), Err(ProtoError::FcgiVersion(v)));
+            }
             assert_eq!(
                 parse_record(&[v, 1, 0, 1, 0, 0, 0, 0]),
                 Err(ProtoError::FcgiVersion(v))

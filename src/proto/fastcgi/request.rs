@@ -1370,7 +1370,10 @@ mod tests {
             Err(ProtoError::FcgiVersion(2))
         );
         assert!(p.is_active(ID), "the good record before it was handled");
-        assert_eq!(feed(&mut parser(), &[0]), Err(ProtoError::FcgiVersion(0)));
+        assert_eq!(
+            feed(&mut parser(), &[0, 1, 0, 1, 0, 0, 0, 0]),
+            Err(ProtoError::FcgiVersion(0))
+        );
     }
 
     #[test]

@@ -56,9 +56,7 @@ impl Holding {
     /// would hold more than [`HOLD_MAX`]: nothing is held then.
     pub(super) fn begin(&mut self, id: u16, keep_conn: bool, params: &[u8]) -> bool {
         let mut out = Vec::with_capacity(params.len() + 64);
-        fcgi::encode_begin_request(&mut out, id, fcgi::ROLE_RESPONDER, keep_conn);
-        fcgi::encode_stream(&mut out, fcgi::PARAMS, id, params);
-        fcgi::encode_record(&mut out, fcgi::PARAMS, id, &[]);
+        fcgi::encode_head(&mut out, id, keep_conn, params);
         if !self.fits(out.len()) {
             return false;
         }

@@ -2373,20 +2373,20 @@ fn hold(
             refused(id);
             Ok(overloaded(conn, parser, backlog, lane, id, keep_conn))
         }
-        Event::Stdin { id, data } if holding.holds(id) => match holding.stdin(id, &data) {
-            Ok(()) => Ok(Step::Go),
-            Err(keep_conn) => {
-                refused(id);
-                Ok(overloaded(conn, parser, backlog, lane, id, keep_conn))
+        Event::Stdin { id, .. } | Event::StdinEnd { id } if holding.holds(id) => {
+            // A piece of its body, or (empty) its end.
+            let data = match &ev {
+                Event::Stdin { data, .. } => &data[..],
+                _ => &[],
+            };
+            match holding.stdin(id, data) {
+                Ok(()) => Ok(Step::Go),
+                Err(keep_conn) => {
+                    refused(id);
+                    Ok(overloaded(conn, parser, backlog, lane, id, keep_conn))
+                }
             }
-        },
-        Event::StdinEnd { id } if holding.holds(id) => match holding.stdin(id, &[]) {
-            Ok(()) => Ok(Step::Go),
-            Err(keep_conn) => {
-                refused(id);
-                Ok(overloaded(conn, parser, backlog, lane, id, keep_conn))
-            }
-        },
+        }
         Event::Abort { id } if holding.holds(id) => {
             holding.abort(id);
             Ok(Step::Go)
@@ -2435,9 +2435,7 @@ fn reframe(
     rest: &[u8],
 ) -> Option<Vec<u8>> {
     let mut out = Vec::with_capacity(params.len() + rest.len() + 64);
-    fcgi::encode_begin_request(&mut out, id, fcgi::ROLE_RESPONDER, keep_conn);
-    fcgi::encode_stream(&mut out, fcgi::PARAMS, id, params);
-    fcgi::encode_record(&mut out, fcgi::PARAMS, id, &[]);
+    fcgi::encode_head(&mut out, id, keep_conn, params);
     if let Some(data) = stdin {
         fcgi::encode_stream(&mut out, fcgi::STDIN, id, data);
         fcgi::encode_record(&mut out, fcgi::STDIN, id, &[]);
