@@ -69,10 +69,16 @@ pub fn warn_unmatched_passed(plan: &[Planned]) {
         .filter(|p| !p.unmatched)
         .map(|p| format!("--{} {}", p.protocol.name(), p.addr))
         .collect();
+    // The example names the protocol configured (one for all), else FastCGI's.
+    let mut protocols = plan.iter().filter(|p| !p.unmatched).map(|p| p.protocol);
+    let example = match protocols.next() {
+        Some(first) if protocols.all(|p| p == first) => first.name(),
+        _ => Protocol::FastCgi.name(),
+    };
     for p in plan.iter().filter(|p| p.unmatched) {
         tracing::warn!(
             listener = %p.addr,
-            "systemd passed the socket {} (LISTEN_FDS), but no listener configured has that address ({}): it is served as uwsgi, the default; if the front server speaks another protocol to it, or the address is a typo, give that socket's own address with its protocol (e.g. --fastcgi {}), or make the socket unit's ListenStream= the address configured",
+            "systemd passed the socket {} (LISTEN_FDS), but no listener configured has that address ({}): it is served as uwsgi, the default; if the front server speaks another protocol to it, or the address is a typo, give that socket's own address with its protocol (e.g. --{example} {}), or make the socket unit's ListenStream= the address configured",
             p.addr,
             configured.join(", "),
             p.addr,

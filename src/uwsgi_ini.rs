@@ -911,7 +911,7 @@ impl<'a> Mapper<'a> {
             if !same {
                 return Outcome::Refused(format!(
                     "line {} already names the app, and postern serves one app per process: run one postern per app (each with its own socket) and route to them from nginx",
-                    self.entries[prev].line
+                    self.entries[prev].label()
                 ));
             }
         }
@@ -1739,14 +1739,14 @@ impl<'a> Mapper<'a> {
     /// What needs the whole file: the callable's fate, the preload and comment notes.
     fn finish(&mut self) {
         // The uwsgi module's reason once, in full; the other such lines point at it.
-        let mut first_job: Option<usize> = None;
+        let mut first_job: Option<String> = None;
         for l in self.lines.iter_mut() {
             if !matches!(&l.outcome, Outcome::Refused(w) if w == UWSGI_MODULE) {
                 continue;
             }
             match first_job {
-                None => first_job = Some(l.entry.line),
-                Some(n) => {
+                None => first_job = Some(l.entry.label()),
+                Some(ref n) => {
                     l.outcome = Outcome::Refused(format!(
                         "uWSGI's in-process jobs, as line {n}: the `uwsgi` module and what it reaches do not exist under postern"
                     ))
@@ -1764,7 +1764,7 @@ impl<'a> Mapper<'a> {
                         Outcome::Carried { .. } | Outcome::Accepted(_) | Outcome::Placeholder
                     )
             })
-            .map(|l| l.entry.line.to_string())
+            .map(|l| l.entry.label())
             .collect();
         if !commented.is_empty() {
             self.notes.push((
@@ -1780,13 +1780,13 @@ impl<'a> Mapper<'a> {
             let outcome = match self.app {
                 Some((ai, true)) => Outcome::Ignored(format!(
                     "line {} names its callable itself, which wins (as in uWSGI)",
-                    self.entries[ai].line
+                    self.entries[ai].label()
                 )),
                 // Part of the app's value.
                 Some((ai, false)) if matches!(self.lines[ai].outcome, Outcome::AtStart(_)) => {
                     Outcome::Accepted(format!(
                         "part of the app of line {}, which is made at each start (see NEEDS ATTENTION)",
-                        self.entries[ai].line
+                        self.entries[ai].label()
                     ))
                 }
                 Some((_, false)) => Self::carried(&["app"]),
@@ -2360,7 +2360,7 @@ impl Translation {
                 Some(l) => writeln!(
                     out,
                     "\n# The app (line {}) could not be carried over (see {}): give it here (app = \"pkg.module:callable\") or on the command line.",
-                    l.entry.line,
+                    l.entry.label(),
                     if matches!(l.outcome, Outcome::AtStart(_)) { "above" } else { "below" }
                 ),
                 None => writeln!(

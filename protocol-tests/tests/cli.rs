@@ -2494,3 +2494,51 @@ fn uwsgi_options_set_in_the_environment_are_said_with_posterns() {
     );
     assert!(err.contains("UWSGI_INI is set"), "{err}");
 }
+
+// regression (probe 427): dropped to a user who cannot read the Python postern was built
+// with (this machine's pyenv under /root, mode 0700), a start printed CPython's whole
+// path configuration (~25 lines) before its error. Now one sentence says what to do.
+#[test]
+fn a_uid_that_cannot_read_python_gets_one_clear_sentence() {
+    let out = Command::new("python3")
+        .args([
+            "-c",
+            "import sysconfig; print(sysconfig.get_path('stdlib'))",
+        ])
+        .output()
+        .unwrap();
+    let stdlib = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    // Whether nobody can read it: as nobody, try.
+    let readable = Command::new("setpriv")
+        .args([
+            "--reuid",
+            "65534",
+            "--regid",
+            "65534",
+            "--clear-groups",
+            "cat",
+        ])
+        .arg(format!("{stdlib}/encodings/__init__.py"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if readable {
+        eprintln!("nobody can read {stdlib} here: nothing to check");
+        return;
+    }
+    let dir = tempdir();
+    let out = postern()
+        .arg(root().join("examples/hello.py"))
+        .args(["--uid", "nobody", "--uwsgi"])
+        .arg(format!("unix:{}", dir.path().join("s.sock").display()))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("cannot read Python's standard library"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("Python path configuration"), "{stderr}");
+}

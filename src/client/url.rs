@@ -123,6 +123,17 @@ pub fn parse_url(url: &str, is_socket: impl Fn(&str) -> bool) -> Result<Url, Url
             )));
         }
     }
+    // A bare socket path (what `postern bench` takes, with --protocol): the URL needs
+    // the protocol. regression (probe 427): only the usage line.
+    if let Some(path) = url.get(..5).filter(|p| p.eq_ignore_ascii_case("unix:")) {
+        let path = &url[path.len()..];
+        if !path.contains("://") {
+            let path = path.trim_end_matches('/');
+            return Err(UrlError::from(format!(
+                "{url:?}: name the protocol the socket speaks: uwsgi+unix://{path}/ (or fastcgi+unix://…, scgi+unix://…), then the request's path"
+            )));
+        }
+    }
     let (scheme_part, rest) = url.split_once("://").ok_or_else(usage)?;
     // A fragment is the client's own: curl and browsers never send it, nor does nginx
     // pass one on. regression: `…/x?a=1#frag` sent QUERY_STRING `a=1#frag` (PATH_INFO
@@ -144,6 +155,12 @@ pub fn parse_url(url: &str, is_socket: impl Fn(&str) -> bool) -> Result<Url, Url
         };
         return Err(UrlError::from(format!(
             "{url:?}: `fcgi://` is Apache's spelling; write {fixed}"
+        )));
+    }
+    // regression (probe 427): an HTTP URL got only the usage line.
+    if name == "http" || name == "https" {
+        return Err(UrlError::from(format!(
+            "{url:?}: postern speaks uwsgi, FastCGI and SCGI, not HTTP: for a URL nginx serves, use curl; to ask postern's own socket, write uwsgi://HOST:PORT/path (or fastcgi://, scgi://, or SCHEME+unix:///path/to.sock/path)"
         )));
     }
     let scheme = Scheme::ALL
@@ -369,7 +386,14 @@ mod tests {
         );
         let u = parse_url("uwsgi://localhost", |_| false).unwrap();
         assert_eq!(u.uri, "/");
-        assert!(parse_url("http://x/", |_| false).is_err());
+        assert!(parse_url("http://x/", |_| false)
+            .unwrap_err()
+            .to_string()
+            .contains("not HTTP: for a URL nginx serves, use curl"));
+        assert!(parse_url("unix:/run/a.sock", |_| false)
+            .unwrap_err()
+            .to_string()
+            .contains("name the protocol the socket speaks: uwsgi+unix:///run/a.sock/"));
     }
 
     // regression: the fragment was sent as part of the path or the query.

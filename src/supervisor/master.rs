@@ -1121,6 +1121,12 @@ impl Master {
             unsafe { fork() }.map_err(SupervisorError::Fork)?
         };
         let Some(child) = Pid::from_raw(child) else {
+            // So `ps -o comm`, `top` and `pgrep -x postern-worker` tell a worker from
+            // the master (`postern`) and the stats helper (`postern-stats`); first, so
+            // every thread the worker starts inherits it. regression (probe 427):
+            // master, workers and helper all read `postern`, and `pgrep -P MASTER`
+            // gave the helper where a worker was meant.
+            let _ = rustix::thread::set_name(c"postern-worker");
             // A worker drains on its master's death (killed with SIGKILL, say), and
             // is gone by the deadline the master would have enforced. The death's
             // signal is crate::stop::MASTER_DEATH (never counted as a stop signal).

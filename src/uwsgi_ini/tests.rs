@@ -1713,6 +1713,20 @@ fn migrate_names_the_line_of_each_value_from_an_included_file() {
         out.contains("b2.ini:3: processes = 3\nworkers = 3\n"),
         "{out}"
     );
+    // A message about an included line names its file too (review 428).
+    std::fs::write(
+        dir.path().join("b3.ini"),
+        "[uwsgi]\nmaster = true\nmodule = other.wsgi\n",
+    )
+    .unwrap();
+    let app = dir.path().join("s5.ini");
+    std::fs::write(
+        &app,
+        "[uwsgi]\ninclude = %db3.ini\nthreads = 4\nwsgi-file = shop.py\n",
+    )
+    .unwrap();
+    let out = migrate(app.to_str().unwrap()).unwrap();
+    assert!(out.contains("b3.ini:3 already names the"), "{out}");
 }
 
 // regression (probe 313): `ini = %d/base.ini` (a shared base file and one file per

@@ -195,6 +195,7 @@ pub fn initialize(venv: Option<&Path>) -> Result<PythonInfo, WsgiError> {
         Some(v) => check_venv(v)?,
         None => PathBuf::from(BUILD_PYTHON),
     };
+    check_stdlib_readable()?;
     let exe = CString::new(executable.as_os_str().as_bytes()).map_err(|_| WsgiError::Init {
         reason: "the interpreter path contains a NUL byte".into(),
     })?;
@@ -286,6 +287,39 @@ pub fn initialize(venv: Option<&Path>) -> Result<PythonInfo, WsgiError> {
         Some(v) => check_stdlib(v, stdlib).map(|()| info),
         None => Ok(info),
     })
+}
+
+/// Before Python starts: its standard library can be read by this process's user. One
+/// it cannot (a pyenv build under root's home, postern dropped to `--uid nobody`) made
+/// CPython print its whole path configuration to stderr before it failed on its
+/// encodings module. regression (probe 427): about 25 lines of it, then the error.
+/// (`PYTHONHOME` names another library, and another libpython finds its own: left to
+/// CPython.)
+fn check_stdlib_readable() -> Result<(), WsgiError> {
+    // Another libpython (the loader fell back to the system's) finds its own library.
+    if BUILD_PYTHON_STDLIB.is_empty()
+        || std::env::var_os("PYTHONHOME").is_some()
+        || libpython_elsewhere().is_some()
+    {
+        return Ok(());
+    }
+    let probe = Path::new(BUILD_PYTHON_STDLIB)
+        .join("encodings")
+        .join("__init__.py");
+    match std::fs::File::open(&probe) {
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => Err(WsgiError::Init {
+            reason: format!(
+                "cannot read Python's standard library ({}: {e}) as uid {}: the Python \
+                 postern was built with ({BUILD_PYTHON}) must be readable by the user \
+                 postern runs as; one under another user's home, such as root's pyenv, is \
+                 not: install Python where that user can read it (e.g. under /opt or \
+                 /usr/local) and build postern with it, or run as a user who can read it",
+                probe.display(),
+                rustix::process::geteuid().as_raw()
+            ),
+        }),
+        _ => Ok(()),
+    }
 }
 
 /// Checks, once Python is up, that a venv gave it the standard library of the Python

@@ -24,7 +24,10 @@ pub struct BeginRequest {
 ///
 /// `Ok(None)`: need more bytes. `Ok(Some((n, r)))`: the first `n` bytes (header, content
 /// and padding) are one record. `Err`: the peer is not speaking FastCGI; close the
-/// connection. The version is checked as soon as the first byte is here; an uppercase
+/// connection. The version is checked as soon as the first byte is here, but for one
+/// that may start another protocol's request (a uwsgi header, an SCGI length), which
+/// waits for the few bytes (at most 8, a header's) that tell
+/// ([`ProtoError::WrongProtocol`], [`crate::proto::looks_like`]); an uppercase
 /// first byte waits for the word it starts ([`crate::proto::method_word`]): a method
 /// word and a space (`GET `, `POST `…) read as [`ProtoError::HttpOnFastcgi`], anything
 /// else as a wrong version; one that starts a PROXY

@@ -207,6 +207,11 @@ impl BegunIds {
         begun
     }
 
+    /// No request was ever begun on the connection.
+    pub fn is_empty(&self) -> bool {
+        self.low == 0 && self.all.is_none()
+    }
+
     /// The requests finished while their bodies still came, whose rest may follow.
     pub fn late(&self) -> &[u16] {
         &self.late
@@ -339,13 +344,27 @@ impl ConnParser {
     /// ([`BegunAgain`], reported by [`take_begun_again`](Self::take_begun_again)), and
     /// the records for that id are ignored until it is finished.
     pub fn feed(&mut self, buf: &mut BytesMut, events: &mut Vec<Event>) -> Result<(), ProtoError> {
-        while let Some((len, record)) = parse_record(buf)? {
+        while let Some((len, record)) = parse_record(buf).map_err(|e| self.mid_stream(e, buf))? {
             let (kind, id, content_len) = (record.kind, record.request_id, record.content.len());
             let frame = buf.split_to(len).freeze();
             let content = frame.slice(HEADER_LEN..HEADER_LEN + content_len);
             self.record(kind, id, content, events)?;
         }
         Ok(())
+    }
+
+    /// Bad bytes after the connection's first request began are a broken FastCGI
+    /// stream, not another protocol's request (a front server set up for uwsgi sends
+    /// one at the start): said as the wrong version it is. regression (review 428):
+    /// eight zero bytes after a served request read "uwsgi request received on a
+    /// FastCGI socket", advice to change a socket that works.
+    fn mid_stream(&self, e: ProtoError, buf: &[u8]) -> ProtoError {
+        match e {
+            ProtoError::WrongProtocol { .. } if !self.begun.is_empty() => {
+                ProtoError::FcgiVersion(buf.first().copied().unwrap_or(0))
+            }
+            e => e,
+        }
     }
 
     /// The server has written END_REQUEST for `id`, or given up on it: the id is free.
@@ -1374,6 +1393,15 @@ mod tests {
             feed(&mut parser(), &[0, 1, 0, 1, 0, 0, 0, 0]),
             Err(ProtoError::FcgiVersion(0))
         );
+        // What reads as another protocol's request is one only at the start.
+        let uwsgi = [0u8, 0x20, 0, 0, 9, 0, 0, 0];
+        assert!(matches!(
+            feed(&mut parser(), &uwsgi),
+            Err(ProtoError::WrongProtocol { .. })
+        ));
+        let mut after = begin(ID, ROLE_RESPONDER, true);
+        after.extend(uwsgi);
+        assert_eq!(feed(&mut parser(), &after), Err(ProtoError::FcgiVersion(0)));
     }
 
     #[test]

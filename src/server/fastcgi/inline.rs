@@ -88,8 +88,9 @@ pub fn admit_whole(
 
 /// True when `buf` is the start of one simple request that has not all arrived:
 /// BEGIN_REQUEST (id ≠ 0), then only PARAMS and STDIN records of that id, and the
-/// empty STDIN record not yet here. Anything else (complete, another id or record
-/// type, bad bytes) is for [`admit_whole`] or the slow lane as it is.
+/// empty STDIN record not yet here (or a first record too short yet to tell: see
+/// `parse_record`). Anything else (complete, another id or record type, bad bytes) is
+/// for [`admit_whole`] or the slow lane as it is.
 pub fn is_partial_simple(buf: &[u8]) -> bool {
     let mut pos = 0;
     let mut id = None;

@@ -861,7 +861,7 @@ pub async fn serve(
                     &lane,
                     &settings,
                     (&input, past),
-                    (&buf, started),
+                    &buf,
                 ),
             };
             match step {
@@ -1889,7 +1889,7 @@ fn handle_event(
     lane: &SlowLane,
     settings: &FcgiSettings,
     (input, past): (&Arc<ConnInput>, bool),
-    (rest, started): (&BytesMut, Instant),
+    rest: &BytesMut,
 ) -> Step {
     let peer = &conn.peer;
     // Read past the input budget (for a request whose app waits): nothing new may
@@ -2001,7 +2001,10 @@ fn handle_event(
             let params = Bytes::copy_from_slice(&params);
             // The whole body already here (the usual case): hand it over in one piece.
             let stdin = take_whole_stdin(backlog, id);
-            let conn_started = started;
+            // The request's time (its access line's, here or in the worker it is
+            // handed to) runs from its whole head, not from the lane's start on the
+            // connection. regression (review 428): handed on, it counted the
+            // connection's earlier requests (an upload answered early) too.
             let started = Instant::now();
             let assembled = match assemble(params.clone(), stdin.clone(), lane.limits.max_body) {
                 Ok(a) => {
@@ -2110,7 +2113,7 @@ fn handle_event(
             if !conn.came_carried() && movable && lane.busy_here() {
                 let why = crate::server::connection::Why::Busy;
                 let late = parser.late_ids();
-                if reframed().is_some_and(|r| conn.hand_on(&r, conn_started.elapsed(), why, late)) {
+                if reframed().is_some_and(|r| conn.hand_on(&r, started.elapsed(), why, late)) {
                     return Step::HandedOn;
                 }
             }
@@ -2118,9 +2121,7 @@ fn handle_event(
                 if !p.try_begin() {
                     let why = crate::server::connection::Why::NoRoom;
                     let late = parser.late_ids();
-                    if reframed()
-                        .is_some_and(|r| conn.hand_on(&r, conn_started.elapsed(), why, late))
-                    {
+                    if reframed().is_some_and(|r| conn.hand_on(&r, started.elapsed(), why, late)) {
                         return Step::HandedOn;
                     }
                     tracing::debug!(%peer, fcgi_id = id, "no room left under --max-requests, and this FastCGI request cannot go to another worker (another request runs on its connection, or none serves on): served here");
